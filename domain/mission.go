@@ -1,0 +1,155 @@
+package domain
+
+import (
+	"math"
+	"time"
+)
+
+// Route is the three legs of a mission: base → pickup → drop-off → base.
+type Route struct {
+	Home    LatLon `json:"home"`
+	Pickup  LatLon `json:"pickup"`
+	Dropoff LatLon `json:"dropoff"`
+}
+
+// TotalM is the length of the whole route in metres.
+func (r Route) TotalM() float64 {
+	return DistanceM(r.Home, r.Pickup) + DistanceM(r.Pickup, r.Dropoff) + DistanceM(r.Dropoff, r.Home)
+}
+
+// Target is where the drone is headed during phase p.
+func (r Route) Target(p Phase) LatLon {
+	switch p {
+	case PhasePickedUp, PhaseHeadedToDropoff:
+		return r.Dropoff
+	case PhaseDelivered, PhaseReturning, PhaseCompleted:
+		return r.Home
+	default:
+		return r.Pickup
+	}
+}
+
+// RemainingM is the distance left to fly from pos in phase p.
+func (r Route) RemainingM(p Phase, pos LatLon) float64 {
+	switch p {
+	case PhaseCompleted:
+		return 0
+	case PhaseDelivered, PhaseReturning:
+		return DistanceM(pos, r.Home)
+	case PhasePickedUp, PhaseHeadedToDropoff:
+		return DistanceM(pos, r.Dropoff) + DistanceM(r.Dropoff, r.Home)
+	default:
+		return DistanceM(pos, r.Pickup) + DistanceM(r.Pickup, r.Dropoff) + DistanceM(r.Dropoff, r.Home)
+	}
+}
+
+// NextPhase derives the phase that drone state s implies for a mission in
+// phase p. Transitions happen only in flight order and one step at a time per
+// condition, so a late or repeated signal can never move a mission backwards.
+// radiusM is how close to a target counts as "there".
+func NextPhase(p Phase, r Route, s DroneState, radiusM float64) Phase {
+	pos := s.Position.LatLon()
+	near := func(t LatLon) bool { return DistanceM(pos, t) <= radiusM }
+	for {
+		next := p
+		switch p {
+		case PhaseDroneReserved:
+			next = PhaseHeadedToPickup
+		case PhaseHeadedToPickup:
+			if near(r.Pickup) && s.FlightMode.Grounded() {
+				next = PhasePickedUp
+			}
+		case PhasePickedUp:
+			if s.FlightMode.Airborne() {
+				next = PhaseHeadedToDropoff
+			}
+		case PhaseHeadedToDropoff:
+			if near(r.Dropoff) && s.FlightMode.Grounded() {
+				next = PhaseDelivered
+			}
+		case PhaseDelivered:
+			if s.FlightMode.Airborne() {
+				next = PhaseReturning
+			}
+		case PhaseReturning:
+			if near(r.Home) && s.FlightMode.Grounded() {
+				next = PhaseCompleted
+			}
+		}
+		if next == p {
+			return p
+		}
+		p = next
+	}
+}
+
+// CompensationResult records how one undo step went.
+type CompensationResult struct {
+	Step     string `json:"step"`
+	Activity string `json:"activity"`
+	Status   string `json:"status"` // "compensated" or "failed"
+	Error    string `json:"error,omitempty"`
+}
+
+// MissionStatus is a mission's custom status and, once it ends, its output.
+type MissionStatus struct {
+	MissionID     string     `json:"missionId"`
+	DroneID       string     `json:"droneId,omitempty"`
+	Phase         Phase      `json:"phase"`
+	ProgressPct   float64    `json:"progressPct"`
+	DistanceLeftM float64    `json:"distanceLeftM"`
+	ETA           *time.Time `json:"eta,omitempty"`
+	LastPosition  *Position  `json:"lastPosition,omitempty"`
+	Battery       *float64   `json:"battery,omitempty"`
+	// BatteryTrendPerMin is the change in charge per minute over the last two
+	// signals: negative while draining.
+	BatteryTrendPerMin *float64   `json:"batteryTrendPerMin,omitempty"`
+	Health             string     `json:"health,omitempty"`
+	LastTelemetryAt    *time.Time `json:"lastTelemetryAt,omitempty"`
+	UpdatedAt          time.Time  `json:"updatedAt"`
+	// Failure says why a Failed or Cancelled mission ended.
+	Failure       string               `json:"failure,omitempty"`
+	Compensations []CompensationResult `json:"compensations,omitempty"`
+}
+
+// Aggregate derives a mission's status from its previous status and the
+// drone's latest state. speedMps is the cruise speed used for the ETA.
+func Aggregate(prev MissionStatus, r Route, s DroneState, now time.Time, speedMps float64) MissionStatus {
+	st := prev
+	pos := s.Position
+	st.LastPosition = &pos
+	battery := s.Battery
+	if prev.Battery != nil && prev.LastTelemetryAt != nil {
+		if dt := s.Timestamp.Sub(*prev.LastTelemetryAt).Minutes(); dt > 0 {
+			trend := round((battery-*prev.Battery)/dt, 4)
+			st.BatteryTrendPerMin = &trend
+		}
+	}
+	st.Battery = &battery
+	ts := s.Timestamp
+	st.LastTelemetryAt = &ts
+	if f := s.Health.Fault(); f != "" {
+		st.Health = "fault: " + f
+	} else {
+		st.Health = "ok"
+	}
+	left := r.RemainingM(st.Phase, pos.LatLon())
+	st.DistanceLeftM = round(left, 1)
+	if total := r.TotalM(); total > 0 {
+		pct := round(math.Max(0, math.Min(100, 100*(1-left/total))), 1)
+		// Progress only moves forward: GPS jitter must not make a client's
+		// progress bar shrink.
+		st.ProgressPct = math.Max(prev.ProgressPct, pct)
+	}
+	if speedMps > 0 {
+		eta := now.Add(time.Duration(left / speedMps * float64(time.Second))).UTC().Truncate(time.Second)
+		st.ETA = &eta
+	}
+	st.UpdatedAt = now
+	return st
+}
+
+func round(v float64, places int) float64 {
+	p := math.Pow(10, float64(places))
+	return math.Round(v*p) / p
+}
