@@ -43,44 +43,29 @@ func (r Route) RemainingM(p Phase, pos LatLon) float64 {
 	}
 }
 
-// NextPhase derives the phase that drone state s implies for a mission in
-// phase p. Transitions happen only in flight order and one step at a time per
-// condition, so a late or repeated signal can never move a mission backwards.
-// radiusM is how close to a target counts as "there".
+// NextPhase derives the phase that follows p given drone state s, or p when
+// s does not move the mission on. It steps one phase at a time so the caller
+// can act on each transition; call it until it returns its argument.
+// Transitions only go forward, so a late or repeated signal can never move a
+// mission backwards. radiusM is how close to a target counts as "there".
 func NextPhase(p Phase, r Route, s DroneState, radiusM float64) Phase {
 	pos := s.Position.LatLon()
 	near := func(t LatLon) bool { return DistanceM(pos, t) <= radiusM }
-	for {
-		next := p
-		switch p {
-		case PhaseDroneReserved:
-			next = PhaseHeadedToPickup
-		case PhaseHeadedToPickup:
-			if near(r.Pickup) && s.FlightMode.Grounded() {
-				next = PhasePickedUp
-			}
-		case PhasePickedUp:
-			if s.FlightMode.Airborne() {
-				next = PhaseHeadedToDropoff
-			}
-		case PhaseHeadedToDropoff:
-			if near(r.Dropoff) && s.FlightMode.Grounded() {
-				next = PhaseDelivered
-			}
-		case PhaseDelivered:
-			if s.FlightMode.Airborne() {
-				next = PhaseReturning
-			}
-		case PhaseReturning:
-			if near(r.Home) && s.FlightMode.Grounded() {
-				next = PhaseCompleted
-			}
-		}
-		if next == p {
-			return p
-		}
-		p = next
+	switch {
+	case p == PhaseDroneReserved:
+		return PhaseHeadedToPickup
+	case p == PhaseHeadedToPickup && near(r.Pickup) && s.FlightMode.Grounded():
+		return PhasePickedUp
+	case p == PhasePickedUp && s.FlightMode.Airborne():
+		return PhaseHeadedToDropoff
+	case p == PhaseHeadedToDropoff && near(r.Dropoff) && s.FlightMode.Grounded():
+		return PhaseDelivered
+	case p == PhaseDelivered && s.FlightMode.Airborne():
+		return PhaseReturning
+	case p == PhaseReturning && near(r.Home) && s.FlightMode.Grounded():
+		return PhaseCompleted
 	}
+	return p
 }
 
 // CompensationResult records how one undo step went.
@@ -95,6 +80,7 @@ type CompensationResult struct {
 type MissionStatus struct {
 	MissionID     string     `json:"missionId"`
 	DroneID       string     `json:"droneId,omitempty"`
+	Route         *Route     `json:"route,omitempty"`
 	Phase         Phase      `json:"phase"`
 	ProgressPct   float64    `json:"progressPct"`
 	DistanceLeftM float64    `json:"distanceLeftM"`
@@ -110,6 +96,8 @@ type MissionStatus struct {
 	// Failure says why a Failed or Cancelled mission ended.
 	Failure       string               `json:"failure,omitempty"`
 	Compensations []CompensationResult `json:"compensations,omitempty"`
+	// Timeline lists every phase the mission entered, in order.
+	Timeline []PhaseChange `json:"timeline,omitempty"`
 }
 
 // Aggregate derives a mission's status from its previous status and the
@@ -152,4 +140,29 @@ func Aggregate(prev MissionStatus, r Route, s DroneState, now time.Time, speedMp
 func round(v float64, places int) float64 {
 	p := math.Pow(10, float64(places))
 	return math.Round(v*p) / p
+}
+
+// SignalEvent is the one external event name the DeliveryMission
+// orchestration waits on. durabletask-go can wait on one event name at a
+// time, so telemetry updates and operator cancels share it and differ by
+// Signal.Kind.
+const SignalEvent = "signal"
+
+// Signal kinds.
+const (
+	SignalTelemetry = "telemetry"
+	SignalCancel    = "cancel"
+)
+
+// Signal is the payload of a SignalEvent.
+type Signal struct {
+	Kind   string      `json:"kind"`
+	State  *DroneState `json:"state,omitempty"`
+	Reason string      `json:"reason,omitempty"`
+}
+
+// PhaseChange is one entry in a mission's timeline.
+type PhaseChange struct {
+	Phase Phase     `json:"phase"`
+	At    time.Time `json:"at"`
 }

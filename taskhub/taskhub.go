@@ -44,6 +44,8 @@ const (
 // Query selects instances. The zero value lists every instance, a page of
 // DefaultPageSize at a time.
 type Query struct {
+	// Name keeps instances of this orchestrator name; "" keeps all.
+	Name string
 	// RuntimeStatus keeps instances in any of these statuses; empty keeps all.
 	RuntimeStatus []api.OrchestrationStatus
 	// CreatedFrom and CreatedTo bound the creation time (inclusive, exclusive);

@@ -351,6 +351,10 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 	}
 	var where []string
 	var args []any
+	if q.Name != "" {
+		where = append(where, "Name = ?")
+		args = append(args, q.Name)
+	}
 	if len(q.RuntimeStatus) > 0 {
 		ph := make([]string, len(q.RuntimeStatus))
 		for i, s := range q.RuntimeStatus {

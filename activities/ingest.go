@@ -1,0 +1,276 @@
+package activities
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/task"
+
+	"github.com/dronehub/dronehub/domain"
+	"github.com/dronehub/dronehub/fleet"
+)
+
+// Signaler raises an event on an orchestration instance. A durabletask-go
+// TaskHubClient satisfies it.
+type Signaler interface {
+	RaiseEvent(ctx context.Context, id api.InstanceID, eventName string, opts ...api.RaiseEventOptions) error
+}
+
+// IngestOptions configures an Ingestor. The zero value of each field means
+// its default.
+type IngestOptions struct {
+	// Heartbeat is the longest gap between signals to a mission while its
+	// drone keeps reporting; it keeps the mission's watchdog fed when nothing
+	// meaningful changes. Default 10s.
+	Heartbeat time.Duration
+	// BatteryFloor is the charge whose crossing is a meaningful change; default 0.2.
+	BatteryFloor float64
+	// ArrivalRadiusM is how close to a target counts as there; default 25.
+	ArrivalRadiusM float64
+	// Logger receives ingestion logs; default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock; default time.Now. Tests set it.
+	Now func() time.Time
+}
+
+// Ingestor applies telemetry to drone state and raises meaningful changes to
+// the drones' missions. It runs outside any orchestration: missions see only
+// phase-relevant changes, faults, low battery and heartbeats, so their
+// history stays bounded however fast drones report.
+type Ingestor struct {
+	store  fleet.Store
+	signal Signaler
+	opts   IngestOptions
+	log    *slog.Logger
+}
+
+// NewIngestor returns an Ingestor. signal may be nil, in which case state is
+// updated but no mission is told.
+func NewIngestor(store fleet.Store, signal Signaler, opts IngestOptions) *Ingestor {
+	if opts.Heartbeat == 0 {
+		opts.Heartbeat = 10 * time.Second
+	}
+	if opts.BatteryFloor == 0 {
+		opts.BatteryFloor = 0.2
+	}
+	if opts.ArrivalRadiusM == 0 {
+		opts.ArrivalRadiusM = 25
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Ingestor{store: store, signal: signal, opts: opts, log: opts.Logger}
+}
+
+// FrameVerdict reports what happened to one frame of a batch.
+type FrameVerdict struct {
+	Index    int            `json:"index"`
+	DeviceID string         `json:"deviceId,omitempty"`
+	Seq      *int64         `json:"seq,omitempty"`
+	Verdict  domain.Verdict `json:"verdict"`
+	Reason   string         `json:"reason,omitempty"`
+}
+
+// IngestResult summarises a batch.
+type IngestResult struct {
+	Accepted   int            `json:"accepted"`
+	Duplicates int            `json:"duplicates"`
+	Stale      int            `json:"stale"`
+	Rejected   int            `json:"rejected"`
+	Signals    int            `json:"signals"`
+	Frames     []FrameVerdict `json:"frames"`
+}
+
+func (r *IngestResult) count(v domain.Verdict) {
+	switch v {
+	case domain.VerdictAccepted:
+		r.Accepted++
+	case domain.VerdictDuplicate:
+		r.Duplicates++
+	case domain.VerdictStale:
+		r.Stale++
+	case domain.VerdictRejected:
+		r.Rejected++
+	}
+}
+
+// Ingest applies a decoded batch. Frames are grouped by drone and each
+// drone's group is applied in one atomic update, in batch order. The result
+// has one verdict per frame, in batch order. An error means storage failed:
+// frames of drones already updated stay applied, and sending the batch again
+// is safe because those frames now come back as duplicates.
+func (in *Ingestor) Ingest(ctx context.Context, frames []domain.DecodedFrame) (IngestResult, error) {
+	res := IngestResult{Frames: make([]FrameVerdict, len(frames))}
+	byDrone := map[string][]int{}
+	var order []string
+	for i, df := range frames {
+		fv := FrameVerdict{Index: i, DeviceID: df.Frame.DeviceID, Seq: df.Frame.Seq}
+		if df.Err != nil {
+			fv.Verdict, fv.Reason = domain.VerdictRejected, df.Err.Error()
+			res.Frames[i] = fv
+			continue
+		}
+		res.Frames[i] = fv
+		if _, ok := byDrone[df.Frame.DeviceID]; !ok {
+			order = append(order, df.Frame.DeviceID)
+		}
+		byDrone[df.Frame.DeviceID] = append(byDrone[df.Frame.DeviceID], i)
+	}
+	var errs []error
+	for _, id := range order {
+		n, err := in.ingestDrone(ctx, id, frames, byDrone[id], res.Frames)
+		res.Signals += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, fv := range res.Frames {
+		res.count(fv.Verdict)
+	}
+	return res, errors.Join(errs...)
+}
+
+func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.DecodedFrame, idx []int, out []FrameVerdict) (int, error) {
+	now := in.opts.Now()
+	var signal *domain.Signal
+	var key, missionID string
+	d, err := in.store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
+		// UpdateDrone may retry fn on a lost race: compute everything afresh.
+		signal, key, missionID = nil, "", ""
+		accepted := false
+		for _, i := range idx {
+			v, reason := d.Tracked.Apply(frames[i].Frame)
+			out[i].Verdict, out[i].Reason = v, reason
+			if v == domain.VerdictAccepted {
+				accepted = true
+				d.Frames++
+			}
+		}
+		if !accepted || d.MissionID == "" || d.Route == nil || d.Tracked.State == nil {
+			return nil
+		}
+		key = in.signalKey(*d.Tracked.State, *d.Route)
+		if key != d.LastSignalKey || now.Sub(d.LastSignalAt) >= in.opts.Heartbeat {
+			state := *d.Tracked.State
+			signal = &domain.Signal{Kind: domain.SignalTelemetry, State: &state}
+			missionID = d.MissionID
+		}
+		return nil
+	})
+	if errors.Is(err, fleet.ErrDroneNotFound) {
+		for _, i := range idx {
+			out[i].Verdict = domain.VerdictRejected
+			out[i].Reason = fmt.Sprintf("drone %q is not in the fleet; register it with POST /api/drones", id)
+		}
+		return 0, nil
+	}
+	if err != nil {
+		for _, i := range idx {
+			out[i].Verdict = domain.VerdictRejected
+			out[i].Reason = "storage error; send the batch again"
+		}
+		return 0, fmt.Errorf("ingest telemetry for drone %s: %w", id, err)
+	}
+	if signal == nil || in.signal == nil {
+		return 0, nil
+	}
+	// The signal is raised after the state commit and recorded only after it
+	// was raised: if raising fails, the next frame raises it again.
+	payload, _ := json.Marshal(signal)
+	if err := in.signal.RaiseEvent(ctx, api.InstanceID(missionID), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+		in.log.Warn("raise telemetry signal failed; it is raised again with the next frame", "drone", id, "mission", missionID, "err", err)
+		return 0, nil
+	}
+	_, err = in.store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
+		if d.MissionID == missionID && now.After(d.LastSignalAt) {
+			d.LastSignalKey, d.LastSignalAt = key, now
+		}
+		return nil
+	})
+	if err != nil {
+		in.log.Warn("record telemetry signal failed", "drone", d.ID, "err", err)
+	}
+	return 1, nil
+}
+
+// signalKey summarises what a mission cares about in a drone's state; a
+// change of key is a meaningful change.
+func (in *Ingestor) signalKey(s domain.DroneState, r domain.Route) string {
+	target := "none"
+	pos := s.Position.LatLon()
+	switch {
+	case domain.DistanceM(pos, r.Pickup) <= in.opts.ArrivalRadiusM:
+		target = "pickup"
+	case domain.DistanceM(pos, r.Dropoff) <= in.opts.ArrivalRadiusM:
+		target = "dropoff"
+	case domain.DistanceM(pos, r.Home) <= in.opts.ArrivalRadiusM:
+		target = "home"
+	}
+	return fmt.Sprintf("%s|%s|%t|%s", s.FlightMode, s.Health.Fault(), s.Battery < in.opts.BatteryFloor, target)
+}
+
+// IngestActivity is the IngestTelemetry activity: it applies frames given as
+// raw JSON objects, for orchestrations that ingest telemetry themselves.
+func (in *Ingestor) IngestActivity(ctx context.Context, raw []json.RawMessage) (IngestResult, error) {
+	frames := make([]domain.DecodedFrame, len(raw))
+	for i, r := range raw {
+		f, err := domain.DecodeFrame(r)
+		frames[i] = domain.DecodedFrame{Frame: f, Err: err}
+	}
+	return in.Ingest(ctx, frames)
+}
+
+// FleetSummary is the fleet at a glance.
+type FleetSummary struct {
+	Drones      int `json:"drones"`
+	Idle        int `json:"idle"`
+	OnMission   int `json:"onMission"`
+	Faulted     int `json:"faulted"`
+	LowBattery  int `json:"lowBattery"`
+	NoTelemetry int `json:"noTelemetry"`
+}
+
+// Summarize counts the fleet's drones by condition.
+func Summarize(ctx context.Context, store fleet.Store, batteryFloor float64) (FleetSummary, error) {
+	drones, err := store.Drones(ctx)
+	if err != nil {
+		return FleetSummary{}, err
+	}
+	var s FleetSummary
+	for _, d := range drones {
+		s.Drones++
+		if d.MissionID == "" {
+			s.Idle++
+		} else {
+			s.OnMission++
+		}
+		st := d.Tracked.State
+		switch {
+		case st == nil:
+			s.NoTelemetry++
+		case st.Health.Fault() != "":
+			s.Faulted++
+		case st.Battery < batteryFloor:
+			s.LowBattery++
+		}
+	}
+	return s, nil
+}
+
+// Register adds the IngestTelemetry activity to r, wrapped by mw when it is
+// non-nil.
+func (in *Ingestor) Register(r *task.TaskRegistry, mw Middleware) error {
+	act := typed(in.IngestActivity)
+	if mw != nil {
+		act = mw(IngestTelemetry, act)
+	}
+	return r.AddActivityN(IngestTelemetry, act)
+}

@@ -1,0 +1,324 @@
+package orchestrations
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/microsoft/durabletask-go/task"
+
+	"github.com/dronehub/dronehub/activities"
+	"github.com/dronehub/dronehub/domain"
+)
+
+// DeliveryMissionName is the registered name of DeliveryMission.
+const DeliveryMissionName = "DeliveryMission"
+
+// MissionSettings are the worker's mission timeouts and thresholds. They
+// travel in the orchestration input, so a replay sees the values the
+// mission started with even if the worker's settings change.
+type MissionSettings struct {
+	// Watchdog fails the mission as "drone lost" when no signal arrives for
+	// this long. Default 60s.
+	Watchdog time.Duration `json:"watchdog"`
+	// BatteryFloor fails the mission if the charge drops below it before
+	// delivery. Default 0.2.
+	BatteryFloor float64 `json:"batteryFloor"`
+	// ArrivalRadiusM is how close to a target counts as there. Default 25.
+	ArrivalRadiusM float64 `json:"arrivalRadiusM"`
+	// CruiseSpeedMps is used for the ETA. Default 12.
+	CruiseSpeedMps float64 `json:"cruiseSpeedMps"`
+	// SignalsPerExecution is how many signals an execution handles before it
+	// continues as new, which bounds its history. Default 150 (about 700
+	// history events).
+	SignalsPerExecution int `json:"signalsPerExecution"`
+	// ActivityAttempts and ActivityRetryInterval are the retry policy of the
+	// mission's steps. Defaults 3 and 1s.
+	ActivityAttempts      int           `json:"activityAttempts"`
+	ActivityRetryInterval time.Duration `json:"activityRetryInterval"`
+}
+
+// WithDefaults fills unset fields.
+func (s MissionSettings) WithDefaults() MissionSettings {
+	if s.Watchdog == 0 {
+		s.Watchdog = 60 * time.Second
+	}
+	if s.BatteryFloor == 0 {
+		s.BatteryFloor = 0.2
+	}
+	if s.ArrivalRadiusM == 0 {
+		s.ArrivalRadiusM = 25
+	}
+	if s.CruiseSpeedMps == 0 {
+		s.CruiseSpeedMps = 12
+	}
+	if s.SignalsPerExecution == 0 {
+		s.SignalsPerExecution = 150
+	}
+	if s.ActivityAttempts == 0 {
+		s.ActivityAttempts = 3
+	}
+	if s.ActivityRetryInterval == 0 {
+		s.ActivityRetryInterval = time.Second
+	}
+	return s
+}
+
+// Validate reports settings that cannot work.
+func (s MissionSettings) Validate() error {
+	switch {
+	case s.Watchdog < 100*time.Millisecond:
+		return fmt.Errorf("mission watchdog %s is below the 100ms minimum", s.Watchdog)
+	case s.BatteryFloor < 0 || s.BatteryFloor >= 1:
+		return fmt.Errorf("battery floor %g must be in [0, 1)", s.BatteryFloor)
+	case s.ArrivalRadiusM <= 0:
+		return fmt.Errorf("arrival radius %gm must be positive", s.ArrivalRadiusM)
+	case s.SignalsPerExecution < 1 || s.SignalsPerExecution > 200:
+		return fmt.Errorf("signals per execution %d must be 1-200 to keep history under 1000 events", s.SignalsPerExecution)
+	case s.ActivityAttempts < 1:
+		return fmt.Errorf("activity attempts %d must be at least 1", s.ActivityAttempts)
+	}
+	return nil
+}
+
+// MissionInput is DeliveryMission's input.
+type MissionInput struct {
+	Request  domain.MissionRequest `json:"request"`
+	Settings MissionSettings       `json:"settings"`
+	// Resume is set when the mission continues as new.
+	Resume *MissionCheckpoint `json:"resume,omitempty"`
+}
+
+// MissionCheckpoint carries a mission across continue-as-new.
+type MissionCheckpoint struct {
+	Status     domain.MissionStatus `json:"status"`
+	Saga       []SagaStep           `json:"saga"`
+	LastSeq    int64                `json:"lastSeq"`
+	Executions int                  `json:"executions"`
+}
+
+// Compensation step names in a mission's saga.
+const (
+	StepNotifyCustomer    = "notify-customer"
+	StepReleaseDrone      = "release-drone"
+	StepRecallDrone       = "recall-drone"
+	StepReschedulePackage = "reschedule-package"
+)
+
+// DeliveryMission flies one delivery: reserve a drone, dispatch it, follow
+// its telemetry through pickup, drop-off and return, and on any failure undo
+// the completed steps in reverse order.
+//
+// Its output is the final domain.MissionStatus: phase Completed, Failed or
+// Cancelled, with the failure and the compensation record. A failed
+// delivery is a business outcome, not a crashed workflow, so the
+// orchestration itself completes; read output.phase for the delivery result.
+// Terminating the instance stops it without compensation; cancel it with a
+// SignalCancel signal to compensate.
+func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
+	var in MissionInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, fmt.Errorf("decode mission input: %w", err)
+	}
+	m := &mission{ctx: ctx, req: in.Request, set: in.Settings.WithDefaults()}
+	if r := in.Resume; r != nil {
+		m.status, m.lastSeq, m.executions = r.Status, r.LastSeq, r.Executions+1
+		m.saga = RestoreSaga(ctx, r.Saga, SagaOptions{})
+		return m.fly()
+	}
+	m.saga = NewSaga(ctx, SagaOptions{})
+	m.status = domain.MissionStatus{MissionID: string(ctx.ID)}
+	m.enter(domain.PhaseCreated)
+
+	ref := m.ref("")
+	if err := m.call(activities.AcceptMission, ref, nil); err != nil {
+		return m.fail("accept mission", err)
+	}
+	m.undo(StepNotifyCustomer, activities.NotifyCustomer)
+
+	var res activities.ReserveResult
+	if err := m.call(activities.ReserveDrone, activities.ReserveInput{MissionID: string(ctx.ID), DroneID: m.req.DroneID}, &res); err != nil {
+		return m.fail("reserve drone", err)
+	}
+	m.status.DroneID = res.DroneID
+	m.status.Route = &domain.Route{Home: res.Home, Pickup: *m.req.Pickup, Dropoff: *m.req.Dropoff}
+	m.undo(StepReleaseDrone, activities.ReleaseDrone)
+	m.enter(domain.PhaseDroneReserved)
+
+	if err := m.call(activities.DispatchDrone, activities.DispatchInput{MissionID: string(ctx.ID), DroneID: res.DroneID, Route: *m.status.Route}, nil); err != nil {
+		return m.fail("dispatch drone", err)
+	}
+	m.undo(StepRecallDrone, activities.RecallDrone)
+	m.enter(domain.PhaseHeadedToPickup)
+	return m.fly()
+}
+
+type mission struct {
+	ctx        *task.OrchestrationContext
+	req        domain.MissionRequest
+	set        MissionSettings
+	status     domain.MissionStatus
+	saga       *Saga
+	lastSeq    int64
+	executions int
+}
+
+func (m *mission) ref(reason string) activities.MissionRef {
+	return activities.MissionRef{MissionID: string(m.ctx.ID), DroneID: m.status.DroneID, PackageID: m.req.Package.ID, Reason: reason}
+}
+
+func (m *mission) publish() {
+	m.status.UpdatedAt = m.ctx.CurrentTimeUtc
+	b, _ := json.Marshal(m.status)
+	m.ctx.SetCustomStatus(string(b))
+}
+
+func (m *mission) enter(p domain.Phase) {
+	m.status.Phase = p
+	m.status.Timeline = append(m.status.Timeline, domain.PhaseChange{Phase: p, At: m.ctx.CurrentTimeUtc})
+	if r := m.status.Route; r != nil && m.status.LastPosition != nil {
+		m.status.DistanceLeftM = r.RemainingM(p, m.status.LastPosition.LatLon())
+	}
+	if p == domain.PhaseCompleted {
+		m.status.ProgressPct, m.status.DistanceLeftM = 100, 0
+	}
+	m.publish()
+}
+
+func (m *mission) undo(step, activity string) {
+	// The input is a fixed struct: encoding cannot fail.
+	_ = m.saga.Add(step, activity, m.ref(""))
+}
+
+func (m *mission) call(activity string, input, output any) error {
+	return m.ctx.CallActivity(activity,
+		task.WithActivityInput(input),
+		task.WithActivityRetryPolicy(&task.RetryPolicy{
+			MaxAttempts:          m.set.ActivityAttempts,
+			InitialRetryInterval: m.set.ActivityRetryInterval,
+			BackoffCoefficient:   2,
+			MaxRetryInterval:     30 * time.Second,
+		}),
+	).Await(output)
+}
+
+// fly follows the drone until the mission ends.
+func (m *mission) fly() (any, error) {
+	deadline := m.req.Deadline
+	for n := 0; ; n++ {
+		if n >= m.set.SignalsPerExecution {
+			m.ctx.ContinueAsNew(MissionInput{
+				Request:  m.req,
+				Settings: m.set,
+				Resume:   &MissionCheckpoint{Status: m.status, Saga: m.saga.Steps(), LastSeq: m.lastSeq, Executions: m.executions},
+			}, task.WithKeepUnprocessedEvents())
+			return nil, nil
+		}
+		wait := m.set.Watchdog
+		beforeDelivery := m.status.Phase.Before(domain.PhaseDelivered)
+		if beforeDelivery {
+			left := deadline.Sub(m.ctx.CurrentTimeUtc)
+			if left <= 0 {
+				return m.end(domain.PhaseFailed, fmt.Sprintf("deadline %s passed before delivery", deadline.UTC().Format(time.RFC3339)))
+			}
+			wait = min(wait, left)
+		}
+		var sig domain.Signal
+		err := m.ctx.WaitForSingleEvent(domain.SignalEvent, wait).Await(&sig)
+		switch {
+		case errors.Is(err, task.ErrTaskCanceled):
+			if beforeDelivery && !m.ctx.CurrentTimeUtc.Before(deadline) {
+				return m.end(domain.PhaseFailed, fmt.Sprintf("deadline %s passed before delivery", deadline.UTC().Format(time.RFC3339)))
+			}
+			return m.end(domain.PhaseFailed, fmt.Sprintf("drone %s lost: no telemetry for %s", m.status.DroneID, m.set.Watchdog))
+		case err != nil:
+			// A malformed signal is dropped, not fatal: anyone can raise events.
+			continue
+		}
+		switch sig.Kind {
+		case domain.SignalCancel:
+			reason := sig.Reason
+			if reason == "" {
+				reason = "cancelled by operator"
+			}
+			return m.end(domain.PhaseCancelled, reason)
+		case domain.SignalTelemetry:
+			if sig.State == nil || sig.State.Seq <= m.lastSeq {
+				continue // older than what the mission already saw
+			}
+			if done, out, err := m.onTelemetry(*sig.State); done {
+				return out, err
+			}
+		}
+	}
+}
+
+func (m *mission) onTelemetry(s domain.DroneState) (bool, any, error) {
+	m.lastSeq = s.Seq
+	route := *m.status.Route
+	m.status = domain.Aggregate(m.status, route, s, m.ctx.CurrentTimeUtc, m.set.CruiseSpeedMps)
+	if fault := s.Health.Fault(); fault != "" {
+		out, err := m.end(domain.PhaseFailed, fmt.Sprintf("drone %s fault: %s", m.status.DroneID, fault))
+		return true, out, err
+	}
+	if m.status.Phase.Before(domain.PhaseDelivered) && s.Battery < m.set.BatteryFloor {
+		out, err := m.end(domain.PhaseFailed, fmt.Sprintf("drone %s battery %.0f%% is below the %.0f%% floor before delivery",
+			m.status.DroneID, s.Battery*100, m.set.BatteryFloor*100))
+		return true, out, err
+	}
+	for {
+		next := domain.NextPhase(m.status.Phase, route, s, m.set.ArrivalRadiusM)
+		if next == m.status.Phase {
+			break
+		}
+		switch next {
+		case domain.PhasePickedUp:
+			if err := m.call(activities.ConfirmPickup, m.ref(""), nil); err != nil {
+				out, err := m.fail("confirm pickup", err)
+				return true, out, err
+			}
+			m.undo(StepReschedulePackage, activities.ReschedulePackage)
+		case domain.PhaseDelivered:
+			if err := m.call(activities.ConfirmDelivery, m.ref(""), nil); err != nil {
+				out, err := m.fail("confirm delivery", err)
+				return true, out, err
+			}
+			// The package arrived: there is nothing left to reschedule and
+			// the customer has nothing to be warned about.
+			m.saga.Remove(StepReschedulePackage)
+			m.saga.Remove(StepNotifyCustomer)
+		case domain.PhaseCompleted:
+			if err := m.call(activities.CompleteMission, m.ref(""), nil); err != nil {
+				out, err := m.fail("complete mission", err)
+				return true, out, err
+			}
+			m.enter(domain.PhaseCompleted)
+			return true, m.status, nil
+		}
+		m.enter(next)
+	}
+	m.publish()
+	return false, nil, nil
+}
+
+// fail ends the mission after a step failed for good.
+func (m *mission) fail(step string, err error) (any, error) {
+	return m.end(domain.PhaseFailed, fmt.Sprintf("%s failed: %v", step, err))
+}
+
+// end compensates and finishes the mission in a Failed or Cancelled phase.
+func (m *mission) end(p domain.Phase, reason string) (any, error) {
+	m.status.Failure = reason
+	m.enter(p)
+	// Undo inputs carry the reason for the customer notification.
+	for i, st := range m.saga.steps {
+		if st.Name == StepNotifyCustomer {
+			b, _ := json.Marshal(m.ref(reason))
+			m.saga.steps[i].Input = b
+		}
+	}
+	m.status.Compensations = m.saga.Compensate()
+	m.publish()
+	return m.status, nil
+}

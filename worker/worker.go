@@ -1,0 +1,322 @@
+// Package worker hosts dronehub in one process: the task hub backend, the
+// mission orchestrations and activities, telemetry ingestion and the HTTP
+// API. A Go program embeds it with New, Start and Shutdown; the dronehub
+// binary's "worker" command is a thin wrapper around Run.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/microsoft/durabletask-go/api"
+	dtbackend "github.com/microsoft/durabletask-go/backend"
+	"github.com/microsoft/durabletask-go/task"
+
+	"github.com/dronehub/dronehub/activities"
+	"github.com/dronehub/dronehub/backend"
+	"github.com/dronehub/dronehub/domain"
+	"github.com/dronehub/dronehub/fleet"
+	"github.com/dronehub/dronehub/httpapi"
+	"github.com/dronehub/dronehub/orchestrations"
+	"github.com/dronehub/dronehub/taskhub"
+)
+
+// Config configures a worker. The zero value runs the embedded default: the
+// SQLite file dronehub.db, a demo fleet of five drones, open HTTP API on
+// loopback.
+type Config struct {
+	// Storage is the connection string (see package backend); "" is the
+	// SQLite file dronehub.db.
+	Storage string
+	// HubName names the task hub in shared storage; default "dronehub".
+	HubName string
+	// OrchestrationConcurrency and ActivityConcurrency bound the work items
+	// processed at once; defaults 16 and 32.
+	OrchestrationConcurrency int
+	ActivityConcurrency      int
+	// LockTimeout is how long a fetched work item stays locked to this
+	// worker; a crashed worker's work moves on after it. Default 2 minutes.
+	LockTimeout time.Duration
+	// Mission holds the mission timeouts and thresholds.
+	Mission orchestrations.MissionSettings
+	// Heartbeat is the longest gap between telemetry signals to a mission
+	// while its drone reports; it must be shorter than Mission.Watchdog.
+	// Default a third of the watchdog.
+	Heartbeat time.Duration
+	// SeedDrones is the size of the demo fleet created on an empty fleet
+	// (drone-1 … drone-N at SeedBase). Default 5; negative disables.
+	SeedDrones int
+	// SeedBase is the demo fleet's home base; default Redmond, WA.
+	SeedBase *domain.LatLon
+	// APIKeys, when set, are required as "Authorization: Bearer KEY" on /api.
+	APIKeys []string
+	// Logger receives the worker's logs; default slog.Default().
+	Logger *slog.Logger
+	// Register adds a user's own orchestrations and activities. They get the
+	// generic management API (/api/instances, /api/orchestrations/{name}).
+	Register func(r *task.TaskRegistry) error
+	// ActivityMiddleware wraps every dronehub activity (metrics, tracing,
+	// fault injection in tests).
+	ActivityMiddleware activities.Middleware
+}
+
+// DefaultBase is the demo fleet's home base.
+var DefaultBase = domain.LatLon{Lat: 47.6401, Lon: -122.1298}
+
+func (c Config) withDefaults() Config {
+	if c.HubName == "" {
+		c.HubName = backend.DefaultHubName
+	}
+	if c.OrchestrationConcurrency == 0 {
+		c.OrchestrationConcurrency = 16
+	}
+	if c.ActivityConcurrency == 0 {
+		c.ActivityConcurrency = 32
+	}
+	c.Mission = c.Mission.WithDefaults()
+	if c.Heartbeat == 0 {
+		c.Heartbeat = c.Mission.Watchdog / 3
+	}
+	if c.SeedDrones == 0 {
+		c.SeedDrones = 5
+	}
+	if c.SeedBase == nil {
+		b := DefaultBase
+		c.SeedBase = &b
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.OrchestrationConcurrency < 1 || c.ActivityConcurrency < 1 {
+		return fmt.Errorf("concurrency must be at least 1 (orchestrations %d, activities %d)", c.OrchestrationConcurrency, c.ActivityConcurrency)
+	}
+	if err := c.Mission.Validate(); err != nil {
+		return err
+	}
+	if c.Heartbeat <= 0 || c.Heartbeat >= c.Mission.Watchdog {
+		return fmt.Errorf("heartbeat %s must be positive and shorter than the watchdog %s, or healthy missions would time out", c.Heartbeat, c.Mission.Watchdog)
+	}
+	for i, k := range c.APIKeys {
+		if len(k) < 16 {
+			return fmt.Errorf("API key %d is %d characters; use at least 16", i+1, len(k))
+		}
+	}
+	return nil
+}
+
+// Worker is a running dronehub host.
+type Worker struct {
+	cfg      Config
+	hub      *backend.Hub
+	client   dtbackend.TaskHubClient
+	thw      dtbackend.TaskHubWorker
+	ingestor *activities.Ingestor
+	handler  http.Handler
+	log      *slog.Logger
+	started  atomic.Bool
+}
+
+// New opens the task hub, seeds the demo fleet if the fleet is empty and
+// builds the HTTP handler. Call Start to begin processing.
+func New(ctx context.Context, cfg Config) (*Worker, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("worker config: %w", err)
+	}
+	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	w, err := newWorker(ctx, cfg, hub)
+	if err != nil {
+		hub.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, error) {
+	log := cfg.Logger
+	if err := seed(ctx, hub.Fleet, cfg.SeedDrones, *cfg.SeedBase); err != nil {
+		return nil, err
+	}
+	client := dtbackend.NewTaskHubClient(hub.Backend)
+	ingestor := activities.NewIngestor(hub.Fleet, client, activities.IngestOptions{
+		Heartbeat: cfg.Heartbeat, BatteryFloor: cfg.Mission.BatteryFloor, ArrivalRadiusM: cfg.Mission.ArrivalRadiusM, Logger: log,
+	})
+	reg := task.NewTaskRegistry()
+	if err := reg.AddOrchestratorN(orchestrations.DeliveryMissionName, orchestrations.DeliveryMission); err != nil {
+		return nil, err
+	}
+	acts := activities.New(hub.Fleet, activities.Options{BatteryFloor: cfg.Mission.BatteryFloor, Logger: log})
+	if err := acts.Register(reg, cfg.ActivityMiddleware); err != nil {
+		return nil, err
+	}
+	if err := ingestor.Register(reg, cfg.ActivityMiddleware); err != nil {
+		return nil, err
+	}
+	if cfg.Register != nil {
+		if err := cfg.Register(reg); err != nil {
+			return nil, fmt.Errorf("register user tasks: %w", err)
+		}
+	}
+	exec := task.NewTaskExecutor(reg)
+	dl := taskhub.Logger(log)
+	ow := dtbackend.NewOrchestrationWorker(hub.Backend, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.OrchestrationConcurrency)))
+	aw := dtbackend.NewActivityTaskWorker(hub.Backend, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.ActivityConcurrency)))
+	w := &Worker{
+		cfg:      cfg,
+		hub:      hub,
+		client:   client,
+		thw:      dtbackend.NewTaskHubWorker(hub.Backend, ow, aw, dl),
+		ingestor: ingestor,
+		log:      log,
+	}
+	w.handler = httpapi.NewHandler(httpapi.Options{
+		Client:   client,
+		Backend:  hub.Backend,
+		Fleet:    hub.Fleet,
+		Ingestor: ingestor,
+		Mission:  cfg.Mission,
+		APIKeys:  cfg.APIKeys,
+		Logger:   log,
+		Ready:    w.ready,
+	})
+	return w, nil
+}
+
+func seed(ctx context.Context, store fleet.Store, n int, base domain.LatLon) error {
+	if n <= 0 {
+		return nil
+	}
+	drones, err := store.Drones(ctx)
+	if err != nil {
+		return fmt.Errorf("seed demo fleet: %w", err)
+	}
+	if len(drones) > 0 {
+		return nil
+	}
+	for i := 1; i <= n; i++ {
+		if _, err := store.AddDrone(ctx, fmt.Sprintf("drone-%d", i), base); err != nil && !errors.Is(err, fleet.ErrDroneExists) {
+			return fmt.Errorf("seed demo fleet: %w", err)
+		}
+	}
+	return nil
+}
+
+// Start begins processing orchestrations and activities.
+func (w *Worker) Start(ctx context.Context) error {
+	if err := w.thw.Start(ctx); err != nil {
+		return fmt.Errorf("start task hub worker: %w", err)
+	}
+	w.started.Store(true)
+	w.log.Info("worker started", "storage", w.hub.Description, "hub", w.cfg.HubName)
+	return nil
+}
+
+// Shutdown stops taking work, waits for work in progress (bounded by ctx)
+// and closes the storage.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	var err error
+	if w.started.Swap(false) {
+		done := make(chan error, 1)
+		go func() { done <- w.thw.Shutdown(ctx) }()
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			err = fmt.Errorf("shutdown: work in progress did not finish: %w", ctx.Err())
+		}
+	}
+	return errors.Join(err, w.hub.Close())
+}
+
+// StartMission validates req and starts a DeliveryMission with the worker's
+// mission settings. It returns the mission id: req.MissionID, or a new UUID.
+// A mission id that exists already gives an error wrapping
+// api.ErrDuplicateInstance.
+func (w *Worker) StartMission(ctx context.Context, req domain.MissionRequest, opts ...api.NewOrchestrationOptions) (string, error) {
+	if err := req.Validate(time.Now()); err != nil {
+		return "", err
+	}
+	if req.MissionID == "" {
+		req.MissionID = uuid.NewString()
+	}
+	in := orchestrations.MissionInput{Request: req, Settings: w.cfg.Mission}
+	opts = append(opts, api.WithInstanceID(api.InstanceID(req.MissionID)), api.WithInput(in))
+	if _, err := w.client.ScheduleNewOrchestration(ctx, orchestrations.DeliveryMissionName, opts...); err != nil {
+		return "", fmt.Errorf("start mission %s: %w", req.MissionID, err)
+	}
+	return req.MissionID, nil
+}
+
+// Handler is the HTTP API.
+func (w *Worker) Handler() http.Handler { return w.handler }
+
+// Client is the task hub client, for starting and managing instances from Go.
+func (w *Worker) Client() dtbackend.TaskHubClient { return w.client }
+
+// Backend is the task hub backend, for listing instances and diagnostics.
+func (w *Worker) Backend() taskhub.Backend { return w.hub.Backend }
+
+// Fleet is the domain store.
+func (w *Worker) Fleet() fleet.Store { return w.hub.Fleet }
+
+// Ingestor applies telemetry, as POST /api/telemetry does.
+func (w *Worker) Ingestor() *activities.Ingestor { return w.ingestor }
+
+func (w *Worker) ready(ctx context.Context) error {
+	if !w.started.Load() {
+		return errors.New("worker is not started")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := w.hub.Backend.ListInstances(ctx, taskhub.Query{PageSize: 1}); err != nil {
+		return fmt.Errorf("storage unreachable: %w", err)
+	}
+	return nil
+}
+
+// Run starts the worker and serves the HTTP API on ln until ctx ends, then
+// shuts both down gracefully, giving in-flight requests and work items up to
+// grace to finish.
+func (w *Worker) Run(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	if err := w.Start(ctx); err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           w.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	w.log.Info("listening", "addr", ln.Addr().String())
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("http server: %w", err)
+	}
+	w.log.Info("shutting down", "grace", grace)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if e := srv.Shutdown(sctx); e != nil && !errors.Is(e, http.ErrServerClosed) {
+		err = errors.Join(err, e)
+	}
+	err = errors.Join(err, w.Shutdown(sctx))
+	w.log.Info("stopped")
+	return err
+}
