@@ -120,7 +120,7 @@ type Worker struct {
 	cfg      Config
 	hub      *backend.Hub
 	client   dtbackend.TaskHubClient
-	thw      dtbackend.TaskHubWorker
+	runner   *taskhub.Runner
 	ingestor *activities.Ingestor
 	handler  http.Handler
 	log      *slog.Logger
@@ -179,7 +179,7 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 		cfg:      cfg,
 		hub:      hub,
 		client:   client,
-		thw:      dtbackend.NewTaskHubWorker(hub.Backend, ow, aw, dl),
+		runner:   taskhub.NewRunner(hub.Backend, log, ow, aw),
 		ingestor: ingestor,
 		log:      log,
 	}
@@ -217,7 +217,7 @@ func seed(ctx context.Context, store fleet.Store, n int, base domain.LatLon) err
 
 // Start begins processing orchestrations and activities.
 func (w *Worker) Start(ctx context.Context) error {
-	if err := w.thw.Start(ctx); err != nil {
+	if err := w.runner.Start(ctx); err != nil {
 		return fmt.Errorf("start task hub worker: %w", err)
 	}
 	w.started.Store(true)
@@ -230,13 +230,7 @@ func (w *Worker) Start(ctx context.Context) error {
 func (w *Worker) Shutdown(ctx context.Context) error {
 	var err error
 	if w.started.Swap(false) {
-		done := make(chan error, 1)
-		go func() { done <- w.thw.Shutdown(ctx) }()
-		select {
-		case err = <-done:
-		case <-ctx.Done():
-			err = fmt.Errorf("shutdown: work in progress did not finish: %w", ctx.Err())
-		}
+		err = w.runner.Shutdown(ctx)
 	}
 	return errors.Join(err, w.hub.Close())
 }
