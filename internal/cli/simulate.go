@@ -1,0 +1,227 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dronehub/dronehub/domain"
+	"github.com/dronehub/dronehub/httpapi"
+	"github.com/dronehub/dronehub/simulator"
+)
+
+func (a *App) simulate(ctx context.Context, args []string) error {
+	fs := a.flagSet("simulate", "simulate [flags]")
+	c := a.clientFlags(fs)
+	var (
+		missions, keyEvery, faulty int
+		attach, faultName          string
+		fps, speed, faultAt        float64
+		step, timeout              time.Duration
+	)
+	fs.IntVar(&missions, "missions", 1, "missions to start and fly (one drone each)")
+	fs.StringVar(&attach, "attach", "", "comma-separated ids of running missions to fly instead of starting new ones")
+	fs.Float64Var(&fps, "fps", 5, "frames per second sent per drone")
+	fs.DurationVar(&step, "step", time.Second, "simulated flight time per frame (step × fps = time compression)")
+	fs.Float64Var(&speed, "speed", 15, "cruise speed in m/s")
+	fs.IntVar(&keyEvery, "key-every", 10, "send a key frame every N frames, deltas in between")
+	fs.StringVar(&faultName, "fault", "none", "inject a failure: none, fault (sensor), silence (drone lost) or low-battery")
+	fs.Float64Var(&faultAt, "fault-at", 0.3, "fraction of the route flown (0-1) when the failure strikes")
+	fs.IntVar(&faulty, "faulty", 0, "how many of the drones get the failure (default all)")
+	fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
+	if err := a.parse(fs, args); err != nil {
+		return err
+	}
+	fault, err := simulator.ParseFault(faultName)
+	switch {
+	case err != nil:
+		return fmt.Errorf("--fault: %w", err)
+	case fps <= 0 || fps > 1000:
+		return fmt.Errorf("--fps %g must be in (0, 1000]", fps)
+	case missions < 0 || missions > 1000:
+		return fmt.Errorf("--missions %d must be 0-1000", missions)
+	case faultAt < 0 || faultAt > 1:
+		return fmt.Errorf("--fault-at %g must be in [0, 1]", faultAt)
+	case keyEvery < 1:
+		return fmt.Errorf("--key-every %d must be at least 1", keyEvery)
+	case speed <= 0:
+		return fmt.Errorf("--speed %g must be positive", speed)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var ids []string
+	if attach != "" {
+		for _, id := range strings.Split(attach, ",") {
+			if id = strings.TrimSpace(id); id != "" {
+				ids = append(ids, id)
+			}
+		}
+	} else {
+		for i := 0; i < missions; i++ {
+			req := demoRequest(i)
+			var acc httpapi.Accepted
+			if _, _, err := c.do(ctx, http.MethodPost, "/api/missions", req, &acc); err != nil {
+				return fmt.Errorf("start mission %d: %w", i+1, err)
+			}
+			ids = append(ids, acc.ID)
+		}
+		fmt.Fprintf(a.Stderr, "started %d missions\n", len(ids))
+	}
+	if len(ids) == 0 {
+		return errors.New("nothing to fly: give --missions N or --attach IDS")
+	}
+	if faulty <= 0 || faulty > len(ids) {
+		faulty = len(ids)
+	}
+
+	var flights []*simulator.Flight
+	for i, id := range ids {
+		st, err := awaitDispatch(ctx, c, id)
+		if err != nil {
+			return err
+		}
+		if st.Route == nil {
+			fmt.Fprintf(a.Stderr, "mission %s ended before its drone left (%s: %s)\n", id, st.Phase, st.Failure)
+			continue
+		}
+		var ds httpapi.DroneStatus
+		if _, _, err := c.do(ctx, http.MethodGet, "/api/drones/"+url.PathEscape(st.DroneID)+"/status", nil, &ds); err != nil {
+			return err
+		}
+		first := int64(1)
+		if ds.State != nil {
+			first = ds.State.Seq + 1
+		}
+		f := simulator.FlightOptions{DroneID: st.DroneID, Route: *st.Route, SpeedMps: speed, Step: step, KeyFrameEvery: keyEvery, FirstSeq: first}
+		if i < faulty {
+			f.Fault, f.FaultAt = fault, faultAt
+		}
+		flights = append(flights, simulator.NewFlight(f))
+	}
+
+	var sent, accepted atomic.Int64
+	sink := simulator.SinkFunc(func(ctx context.Context, frames []domain.Frame) error {
+		var res struct {
+			Accepted int `json:"accepted"`
+		}
+		if _, _, err := c.do(ctx, http.MethodPost, "/api/telemetry", map[string]any{"frames": frames}, &res); err != nil {
+			return fmt.Errorf("post telemetry: %w", err)
+		}
+		sent.Add(int64(len(frames)))
+		accepted.Add(int64(res.Accepted))
+		return nil
+	})
+	start := time.Now()
+	progress := time.NewTicker(2 * time.Second)
+	defer progress.Stop()
+	flown := make(chan error, 1)
+	go func() { flown <- simulator.Fly(ctx, sink, time.Duration(float64(time.Second)/fps), flights...) }()
+	for waiting := true; waiting; {
+		select {
+		case err := <-flown:
+			if err != nil {
+				return err
+			}
+			waiting = false
+		case <-progress.C:
+			fmt.Fprintf(a.Stderr, "%4.0fs  %d frames sent, %d accepted\n", time.Since(start).Seconds(), sent.Load(), accepted.Load())
+		}
+	}
+	fmt.Fprintf(a.Stderr, "flights over after %.0fs: %d frames sent, %d accepted; waiting for missions to end\n", time.Since(start).Seconds(), sent.Load(), accepted.Load())
+
+	results := make([]httpapi.Status, 0, len(ids))
+	for _, id := range ids {
+		st, err := awaitEnd(ctx, c, id)
+		if err != nil {
+			return err
+		}
+		results = append(results, st)
+	}
+	if c.asJSON {
+		return c.printJSON(results)
+	}
+	sort.Slice(results, func(i, j int) bool { return results[i].InstanceID < results[j].InstanceID })
+	tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MISSION\tDRONE\tPHASE\tFAILURE\tCOMPENSATED")
+	for _, st := range results {
+		ms := missionStatus(st)
+		var steps []string
+		for _, comp := range ms.Compensations {
+			steps = append(steps, comp.Step)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", st.InstanceID, orDash(ms.DroneID), ms.Phase, orDash(ms.Failure), orDash(strings.Join(steps, ", ")))
+	}
+	return tw.Flush()
+}
+
+// demoRequest is the i-th demo delivery around the demo fleet's base.
+func demoRequest(i int) domain.MissionRequest {
+	dx := float64(i%5) * 0.002
+	dy := float64(i/5%5) * 0.002
+	pickup := domain.LatLon{Lat: 47.6440 + dy, Lon: -122.1300 + dx}
+	dropoff := domain.LatLon{Lat: 47.6480 + dy, Lon: -122.1370 + dx}
+	return domain.MissionRequest{
+		Pickup: &pickup, Dropoff: &dropoff,
+		Package:  &domain.Package{ID: fmt.Sprintf("sim-pkg-%d", i+1), WeightKg: 1.2, Size: domain.SizeSmall},
+		Deadline: time.Now().Add(2 * time.Hour).UTC().Truncate(time.Second),
+	}
+}
+
+func fetchStatus(ctx context.Context, c *client, id string) (httpapi.Status, error) {
+	var st httpapi.Status
+	_, _, err := c.do(ctx, http.MethodGet, "/api/missions/"+url.PathEscape(id), nil, &st)
+	return st, err
+}
+
+func awaitDispatch(ctx context.Context, c *client, id string) (domain.MissionStatus, error) {
+	for {
+		st, err := fetchStatus(ctx, c, id)
+		if err != nil {
+			return domain.MissionStatus{}, err
+		}
+		var ms domain.MissionStatus
+		_ = json.Unmarshal(st.CustomStatus, &ms)
+		if (ms.Route != nil && ms.DroneID != "") || ms.Phase.Terminal() || st.RuntimeStatus != "Running" && st.RuntimeStatus != "Pending" {
+			return ms, nil
+		}
+		if err := wait(ctx, 200*time.Millisecond); err != nil {
+			return domain.MissionStatus{}, fmt.Errorf("mission %s never dispatched a drone: %w", id, err)
+		}
+	}
+}
+
+func awaitEnd(ctx context.Context, c *client, id string) (httpapi.Status, error) {
+	for {
+		st, err := fetchStatus(ctx, c, id)
+		if err != nil {
+			return st, err
+		}
+		switch st.RuntimeStatus {
+		case "Completed", "Failed", "Terminated", "Canceled":
+			return st, nil
+		}
+		if err := wait(ctx, 250*time.Millisecond); err != nil {
+			return st, fmt.Errorf("mission %s still %s: %w", id, st.RuntimeStatus, err)
+		}
+	}
+}
+
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
