@@ -235,7 +235,11 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 func (b *Backend) postpone(ctx context.Context, wi *dtbackend.OrchestrationWorkItem, at time.Time) error {
 	secs := math.Ceil(time.Until(at).Seconds())
 	wi.RetryCount = int32(min(max(secs, 1), 100))
-	if err := b.inner.AbandonOrchestrationWorkItem(ctx, wi); err != nil {
+	// The abandon must happen even if ctx was just cancelled (shutdown), or
+	// the instance would stay locked until the lock timeout.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := b.inner.AbandonOrchestrationWorkItem(actx, wi); err != nil {
 		return fmt.Errorf("sqlite: postpone scheduled start of %s: %w", wi.InstanceID, err)
 	}
 	return nil
@@ -243,11 +247,16 @@ func (b *Backend) postpone(ctx context.Context, wi *dtbackend.OrchestrationWorkI
 
 // untilNextEvent is how long to sleep before the next check: until the
 // earliest delayed event (timer, postponed start, retry) becomes visible, but
-// no longer than PollInterval.
+// no longer than PollInterval. An event of a locked instance counts from the
+// lock's expiry: its owner's completion wakes us sooner, and counting from
+// the event would spin until the lock is released.
 func (b *Backend) untilNextEvent(ctx context.Context) time.Duration {
 	d := b.opts.PollInterval
 	var next sql.NullString
-	err := b.db.QueryRowContext(ctx, `SELECT MIN(VisibleTime) FROM NewEvents WHERE VisibleTime IS NOT NULL AND LockedBy IS NULL`).Scan(&next)
+	err := b.db.QueryRowContext(ctx, `SELECT MIN(CASE WHEN I.LockExpiration IS NOT NULL AND I.LockExpiration > E.VisibleTime
+		THEN I.LockExpiration ELSE E.VisibleTime END)
+		FROM NewEvents E JOIN Instances I ON I.InstanceID = E.InstanceID
+		WHERE E.VisibleTime IS NOT NULL AND E.LockedBy IS NULL`).Scan(&next)
 	if err != nil || !next.Valid {
 		return d
 	}
