@@ -123,7 +123,13 @@ func DecodeFrame(raw []byte) (Frame, error) {
 	dec.DisallowUnknownFields()
 	var f Frame
 	if err := dec.Decode(&f); err != nil {
-		return Frame{}, errors.New(describeJSONError(err))
+		// Keep what identifies the frame, so its verdict can say which it was.
+		var id struct {
+			DeviceID string `json:"deviceId"`
+			Seq      *int64 `json:"seq"`
+		}
+		_ = json.Unmarshal(raw, &id)
+		return Frame{DeviceID: id.DeviceID, Seq: id.Seq}, errors.New(describeJSONError(err))
 	}
 	return f, f.Validate()
 }

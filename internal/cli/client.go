@@ -403,7 +403,7 @@ func printMission(w io.Writer, st httpapi.Status) error {
 	row("phase", orDash(string(ms.Phase)))
 	row("drone", orDash(ms.DroneID))
 	row("progress", fmt.Sprintf("%.0f%% (%.0f m left)", ms.ProgressPct, ms.DistanceLeftM))
-	if ms.ETA != nil {
+	if ms.ETA != nil && !ms.Phase.Terminal() {
 		row("eta", ms.ETA.Local().Format(time.TimeOnly))
 	}
 	if ms.Battery != nil {
