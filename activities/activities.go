@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"time"
 
 	"github.com/microsoft/durabletask-go/task"
 
@@ -83,6 +84,7 @@ type DispatchInput struct {
 	MissionID string       `json:"missionId"`
 	DroneID   string       `json:"droneId"`
 	Route     domain.Route `json:"route"`
+	Deadline  time.Time    `json:"deadline"`
 }
 
 // Options configures the activities. The zero value of each field means
@@ -239,6 +241,7 @@ func (a *Activities) reserve(ctx context.Context, missionID, droneID string) (fl
 // DispatchDrone sends the reserved drone on the mission's route. From then
 // on its telemetry is forwarded to the mission.
 func (a *Activities) DispatchDrone(ctx context.Context, in DispatchInput) (struct{}, error) {
+	now := time.Now().UTC()
 	_, err := a.store.UpdateDrone(ctx, in.DroneID, func(d *fleet.Drone) error {
 		if d.MissionID != in.MissionID {
 			return fmt.Errorf("drone %s is not reserved for mission %s", in.DroneID, in.MissionID)
@@ -246,6 +249,10 @@ func (a *Activities) DispatchDrone(ctx context.Context, in DispatchInput) (struc
 		route := in.Route
 		d.Route = &route
 		d.LastSignalKey = ""
+		if d.DispatchedAt.IsZero() || d.Delivered {
+			d.DispatchedAt = now
+		}
+		d.Deadline, d.Delivered, d.LastAlarmAt = in.Deadline, false, time.Time{}
 		return nil
 	})
 	if err != nil {
@@ -259,8 +266,18 @@ func (a *Activities) ConfirmPickup(ctx context.Context, m MissionRef) (struct{},
 	return struct{}{}, a.effect(ctx, m.MissionID, EffectPickedUp, "package "+m.PackageID)
 }
 
-// ConfirmDelivery records that the package reached its drop-off.
+// ConfirmDelivery records that the package reached its drop-off; the
+// mission's deadline no longer applies.
 func (a *Activities) ConfirmDelivery(ctx context.Context, m MissionRef) (struct{}, error) {
+	_, err := a.store.UpdateDrone(ctx, m.DroneID, func(d *fleet.Drone) error {
+		if d.MissionID == m.MissionID {
+			d.Delivered = true
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fleet.ErrDroneNotFound) {
+		return struct{}{}, err
+	}
 	return struct{}{}, a.effect(ctx, m.MissionID, EffectDelivered, "package "+m.PackageID)
 }
 
@@ -298,8 +315,8 @@ func (a *Activities) ReleaseDrone(ctx context.Context, m MissionRef) (struct{}, 
 func (a *Activities) free(ctx context.Context, m MissionRef) error {
 	_, err := a.store.UpdateDrone(ctx, m.DroneID, func(d *fleet.Drone) error {
 		if d.MissionID == m.MissionID {
-			d.MissionID = ""
-			d.Route = nil
+			d.MissionID, d.Route = "", nil
+			d.DispatchedAt, d.Deadline, d.Delivered = time.Time{}, time.Time{}, false
 		}
 		return nil
 	})

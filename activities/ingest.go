@@ -152,6 +152,7 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 			if v == domain.VerdictAccepted {
 				accepted = true
 				d.Frames++
+				d.LastFrameAt = now
 			}
 		}
 		if !accepted || d.MissionID == "" || d.Route == nil || d.Tracked.State == nil {

@@ -2,10 +2,31 @@ package backend
 
 import (
 	"context"
-	"fmt"
+
+	"github.com/dronehub/dronehub/backend/azurestorage"
 )
 
-// openAzure is replaced by the Azure Storage task hub (backend/azurestorage).
+// openAzure opens the Azure Storage task hub (backend/azurestorage) named by
+// an Azure Storage connection string or account URL.
 func openAzure(ctx context.Context, conn string, opts Options) (*Hub, error) {
-	return nil, fmt.Errorf("azure storage task hub for %q: %w", redact(conn), ErrUnsupportedConnectionString)
+	cfg, err := azurestorage.ParseConnectionString(conn)
+	if err != nil {
+		return nil, err
+	}
+	b, err := azurestorage.Open(ctx, azurestorage.Options{
+		ConnectionString: conn,
+		HubName:          opts.HubName,
+		LockTimeout:      opts.LockTimeout,
+		Logger:           opts.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Hub{
+		Kind:        "azurestorage",
+		Backend:     b,
+		Fleet:       b.Fleet(),
+		Description: cfg.String() + " hub " + opts.HubName,
+		close:       b.Close,
+	}, nil
 }

@@ -152,6 +152,10 @@ const SignalEvent = "signal"
 const (
 	SignalTelemetry = "telemetry"
 	SignalCancel    = "cancel"
+	// SignalWatchdog and SignalDeadline are alarms raised by the worker's
+	// watchdog; the mission checks them against its own clock.
+	SignalWatchdog = "watchdog"
+	SignalDeadline = "deadline"
 )
 
 // Signal is the payload of a SignalEvent.

@@ -39,6 +39,14 @@ type Drone struct {
 	LastSignalAt  time.Time `json:"lastSignalAt,omitempty"`
 	// Frames counts accepted frames.
 	Frames int64 `json:"frames"`
+	// DispatchedAt, Deadline and Delivered describe the mission the drone
+	// flies; LastFrameAt is when its last frame was accepted (receive time)
+	// and LastAlarmAt when the watchdog last raised an alarm for it.
+	DispatchedAt time.Time `json:"dispatchedAt,omitempty"`
+	Deadline     time.Time `json:"deadline,omitempty"`
+	Delivered    bool      `json:"delivered,omitempty"`
+	LastFrameAt  time.Time `json:"lastFrameAt,omitempty"`
+	LastAlarmAt  time.Time `json:"lastAlarmAt,omitempty"`
 }
 
 // Effect is a side effect an activity performed for a mission, recorded

@@ -225,6 +225,8 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, required bool
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
+		// The rest of the body is not worth reading: close the connection.
+		w.Header().Set("Connection", "close")
 		problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is over the %d-byte limit of this route", limit))
 		return nil, false
 	case err != nil:

@@ -544,10 +544,8 @@ func summarizeHistory(events []*dtbackend.HistoryEvent) []HistoryEvent {
 			he.EventType = "SubOrchestrationInstanceCompleted"
 		case e.GetSubOrchestrationInstanceFailed() != nil:
 			he.EventType = "SubOrchestrationInstanceFailed"
-		case e.GetOrchestratorStarted() != nil:
-			he.EventType = "OrchestratorStarted"
-		case e.GetOrchestratorCompleted() != nil:
-			he.EventType = "OrchestratorCompleted"
+		case e.GetOrchestratorStarted() != nil, e.GetOrchestratorCompleted() != nil:
+			continue // replay markers, not part of the instance's story
 		default:
 			he.EventType = "Other"
 		}

@@ -2,7 +2,6 @@ package orchestrations
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -19,8 +18,9 @@ const DeliveryMissionName = "DeliveryMission"
 // travel in the orchestration input, so a replay sees the values the
 // mission started with even if the worker's settings change.
 type MissionSettings struct {
-	// Watchdog fails the mission as "drone lost" when no signal arrives for
-	// this long. Default 60s.
+	// Watchdog fails the mission as "drone lost" when its drone sends no
+	// frame for this long (detected by the worker's activities.Watchdog).
+	// Default 60s.
 	Watchdog time.Duration `json:"watchdog"`
 	// BatteryFloor fails the mission if the charge drops below it before
 	// delivery. Default 0.2.
@@ -29,10 +29,10 @@ type MissionSettings struct {
 	ArrivalRadiusM float64 `json:"arrivalRadiusM"`
 	// CruiseSpeedMps is used for the ETA. Default 12.
 	CruiseSpeedMps float64 `json:"cruiseSpeedMps"`
-	// SignalsPerExecution is how many signals an execution handles before it
-	// continues as new, which bounds its history. Default 150 (about 700
-	// history events).
-	SignalsPerExecution int `json:"signalsPerExecution"`
+	// MaxSignalsPerExecution caps how many queued signals one execution
+	// handles before it continues as new, which bounds its history when
+	// signals arrive in a burst. Default 100.
+	MaxSignalsPerExecution int `json:"maxSignalsPerExecution"`
 	// ActivityAttempts and ActivityRetryInterval are the retry policy of the
 	// mission's steps. Defaults 3 and 1s.
 	ActivityAttempts      int           `json:"activityAttempts"`
@@ -53,8 +53,8 @@ func (s MissionSettings) WithDefaults() MissionSettings {
 	if s.CruiseSpeedMps == 0 {
 		s.CruiseSpeedMps = 12
 	}
-	if s.SignalsPerExecution == 0 {
-		s.SignalsPerExecution = 150
+	if s.MaxSignalsPerExecution == 0 {
+		s.MaxSignalsPerExecution = 100
 	}
 	if s.ActivityAttempts == 0 {
 		s.ActivityAttempts = 3
@@ -74,8 +74,8 @@ func (s MissionSettings) Validate() error {
 		return fmt.Errorf("battery floor %g must be in [0, 1)", s.BatteryFloor)
 	case s.ArrivalRadiusM <= 0:
 		return fmt.Errorf("arrival radius %gm must be positive", s.ArrivalRadiusM)
-	case s.SignalsPerExecution < 1 || s.SignalsPerExecution > 200:
-		return fmt.Errorf("signals per execution %d must be 1-200 to keep history under 1000 events", s.SignalsPerExecution)
+	case s.MaxSignalsPerExecution < 1 || s.MaxSignalsPerExecution > 200:
+		return fmt.Errorf("max signals per execution %d must be 1-200 to keep history under 1000 events", s.MaxSignalsPerExecution)
 	case s.ActivityAttempts < 1:
 		return fmt.Errorf("activity attempts %d must be at least 1", s.ActivityAttempts)
 	}
@@ -92,10 +92,11 @@ type MissionInput struct {
 
 // MissionCheckpoint carries a mission across continue-as-new.
 type MissionCheckpoint struct {
-	Status     domain.MissionStatus `json:"status"`
-	Saga       []SagaStep           `json:"saga"`
-	LastSeq    int64                `json:"lastSeq"`
-	Executions int                  `json:"executions"`
+	Status          domain.MissionStatus `json:"status"`
+	Saga            []SagaStep           `json:"saga"`
+	LastSeq         int64                `json:"lastSeq"`
+	LastTelemetryAt time.Time            `json:"lastTelemetryAt"`
+	Executions      int                  `json:"executions"`
 }
 
 // Compensation step names in a mission's saga.
@@ -123,8 +124,11 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 	}
 	m := &mission{ctx: ctx, req: in.Request, set: in.Settings.WithDefaults()}
 	if r := in.Resume; r != nil {
-		m.status, m.lastSeq, m.executions = r.Status, r.LastSeq, r.Executions+1
+		m.status, m.lastSeq, m.lastTelemetryAt, m.executions = r.Status, r.LastSeq, r.LastTelemetryAt, r.Executions+1
 		m.saga = RestoreSaga(ctx, r.Saga, SagaOptions{})
+		// Each execution reports its own custom status: without this, one
+		// that handles no signal would clear it.
+		m.publish()
 		return m.fly()
 	}
 	m.saga = NewSaga(ctx, SagaOptions{})
@@ -146,9 +150,11 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 	m.undo(StepReleaseDrone, activities.ReleaseDrone)
 	m.enter(domain.PhaseDroneReserved)
 
-	if err := m.call(activities.DispatchDrone, activities.DispatchInput{MissionID: string(ctx.ID), DroneID: res.DroneID, Route: *m.status.Route}, nil); err != nil {
+	dispatch := activities.DispatchInput{MissionID: string(ctx.ID), DroneID: res.DroneID, Route: *m.status.Route, Deadline: m.req.Deadline}
+	if err := m.call(activities.DispatchDrone, dispatch, nil); err != nil {
 		return m.fail("dispatch drone", err)
 	}
+	m.lastTelemetryAt = ctx.CurrentTimeUtc
 	m.undo(StepRecallDrone, activities.RecallDrone)
 	m.enter(domain.PhaseHeadedToPickup)
 	return m.fly()
@@ -162,6 +168,8 @@ type mission struct {
 	saga       *Saga
 	lastSeq    int64
 	executions int
+	// lastTelemetryAt is the orchestration time of the last telemetry signal.
+	lastTelemetryAt time.Time
 }
 
 func (m *mission) ref(reason string) activities.MissionRef {
@@ -203,55 +211,71 @@ func (m *mission) call(activity string, input, output any) error {
 	).Await(output)
 }
 
-// fly follows the drone until the mission ends.
+// fly follows the drone until the mission ends, continuing as new every
+// MaxSignalsPerExecution signals to keep each execution's history short.
+//
+// The waits have no timeout. durabletask-go v0.6.0 mishandles wait
+// timeouts: a timed wait that an event completes leaves its timer running,
+// and when it fires it unregisters whichever wait on the same event name is
+// pending then, so the mission would stop hearing signals. Silence and
+// deadlines are therefore detected by the worker's watchdog
+// (activities.Watchdog), which raises alarm signals; the mission checks each
+// alarm against its own deterministic clock before acting on it.
 func (m *mission) fly() (any, error) {
-	deadline := m.req.Deadline
-	for n := 0; ; n++ {
-		if n >= m.set.SignalsPerExecution {
-			m.ctx.ContinueAsNew(MissionInput{
-				Request:  m.req,
-				Settings: m.set,
-				Resume:   &MissionCheckpoint{Status: m.status, Saga: m.saga.Steps(), LastSeq: m.lastSeq, Executions: m.executions},
-			}, task.WithKeepUnprocessedEvents())
-			return nil, nil
-		}
-		wait := m.set.Watchdog
-		beforeDelivery := m.status.Phase.Before(domain.PhaseDelivered)
-		if beforeDelivery {
-			left := deadline.Sub(m.ctx.CurrentTimeUtc)
-			if left <= 0 {
-				return m.end(domain.PhaseFailed, fmt.Sprintf("deadline %s passed before delivery", deadline.UTC().Format(time.RFC3339)))
-			}
-			wait = min(wait, left)
-		}
+	for n := 0; n < m.set.MaxSignalsPerExecution; n++ {
 		var sig domain.Signal
-		err := m.ctx.WaitForSingleEvent(domain.SignalEvent, wait).Await(&sig)
-		switch {
-		case errors.Is(err, task.ErrTaskCanceled):
-			if beforeDelivery && !m.ctx.CurrentTimeUtc.Before(deadline) {
-				return m.end(domain.PhaseFailed, fmt.Sprintf("deadline %s passed before delivery", deadline.UTC().Format(time.RFC3339)))
-			}
-			return m.end(domain.PhaseFailed, fmt.Sprintf("drone %s lost: no telemetry for %s", m.status.DroneID, m.set.Watchdog))
-		case err != nil:
-			// A malformed signal is dropped, not fatal: anyone can raise events.
-			continue
+		if err := m.ctx.WaitForSingleEvent(domain.SignalEvent, -1).Await(&sig); err != nil {
+			continue // a malformed signal: anyone can raise events, so drop it
 		}
-		switch sig.Kind {
-		case domain.SignalCancel:
-			reason := sig.Reason
-			if reason == "" {
-				reason = "cancelled by operator"
-			}
-			return m.end(domain.PhaseCancelled, reason)
-		case domain.SignalTelemetry:
-			if sig.State == nil || sig.State.Seq <= m.lastSeq {
-				continue // older than what the mission already saw
-			}
-			if done, out, err := m.onTelemetry(*sig.State); done {
-				return out, err
-			}
+		if done, out, err := m.onSignal(sig); done {
+			return out, err
 		}
 	}
+	m.ctx.ContinueAsNew(MissionInput{
+		Request:  m.req,
+		Settings: m.set,
+		Resume: &MissionCheckpoint{Status: m.status, Saga: m.saga.Steps(), LastSeq: m.lastSeq,
+			LastTelemetryAt: m.lastTelemetryAt, Executions: m.executions},
+	}, task.WithKeepUnprocessedEvents())
+	return nil, nil
+}
+
+// clockSkew is how far apart worker clocks may be when an alarm raised by
+// one worker's watchdog is checked on another's orchestration clock.
+const clockSkew = 2 * time.Second
+
+func (m *mission) onSignal(sig domain.Signal) (bool, any, error) {
+	now := m.ctx.CurrentTimeUtc
+	switch sig.Kind {
+	case domain.SignalCancel:
+		reason := sig.Reason
+		if reason == "" {
+			reason = "cancelled by operator"
+		}
+		out, err := m.end(domain.PhaseCancelled, reason)
+		return true, out, err
+	case domain.SignalTelemetry:
+		if sig.State == nil || sig.State.Seq <= m.lastSeq {
+			return false, nil, nil // older than what the mission already saw
+		}
+		m.lastTelemetryAt = now
+		return m.onTelemetry(*sig.State)
+	case domain.SignalWatchdog:
+		// A telemetry signal handled recently means frames are flowing again.
+		if now.Sub(m.lastTelemetryAt) < m.set.Watchdog/2 {
+			return false, nil, nil
+		}
+		out, err := m.end(domain.PhaseFailed, fmt.Sprintf("drone %s lost: no telemetry for %s", m.status.DroneID, m.set.Watchdog))
+		return true, out, err
+	case domain.SignalDeadline:
+		deadline := m.req.Deadline
+		if !m.status.Phase.Before(domain.PhaseDelivered) || now.Before(deadline.Add(-clockSkew)) {
+			return false, nil, nil
+		}
+		out, err := m.end(domain.PhaseFailed, fmt.Sprintf("deadline %s passed before delivery", deadline.UTC().Format(time.RFC3339)))
+		return true, out, err
+	}
+	return false, nil, nil
 }
 
 func (m *mission) onTelemetry(s domain.DroneState) (bool, any, error) {

@@ -196,8 +196,8 @@ func TestMissionFailuresCompensate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d.MissionID != "" {
-				t.Errorf("drone %s still reserved by %q after compensation", d.ID, d.MissionID)
+			if d.MissionID == id {
+				t.Errorf("drone %s still reserved by %s after compensation", d.ID, id)
 			}
 		})
 	}
@@ -214,9 +214,11 @@ func TestMissionSurvivesWorkerRestart(t *testing.T) {
 	}
 	st := testkit.AwaitDispatched(t, w1, id)
 	flight := testkit.Flight(t, w1, st, simulator.FaultNone, 0)
-	// Fly until the package is picked up, then stop the worker mid-mission.
+	// Fly until the drone takes off from the pickup, then stop the worker
+	// mid-mission.
 	sink := testkit.Sink(t, w1)
-	for i := 0; ; i++ {
+	landings := 0
+	for {
 		fr, ok := flight.Next()
 		if !ok {
 			t.Fatal("flight ended before pickup")
@@ -224,13 +226,16 @@ func TestMissionSurvivesWorkerRestart(t *testing.T) {
 		if err := sink.Send(ctx, []domain.Frame{fr}); err != nil {
 			t.Fatal(err)
 		}
-		if cur := testkit.Status(t, testkit.Metadata(t, w1, id).SerializedCustomStatus); cur.Phase == domain.PhasePickedUp || cur.Phase == domain.PhaseHeadedToDropoff {
+		if fr.FlightMode != nil && *fr.FlightMode == domain.ModeLanding {
+			landings++
+		}
+		if landings == 1 && fr.FlightMode != nil && *fr.FlightMode == domain.ModeTakeoff {
 			break
 		}
-		if i > 2000 {
-			t.Fatal("mission never reached pickup")
-		}
 	}
+	testkit.Eventually(t, 15*time.Second, "the mission to head to the drop-off", func() bool {
+		return testkit.Status(t, testkit.Metadata(t, w1, id).SerializedCustomStatus).Phase == domain.PhaseHeadedToDropoff
+	})
 	testkit.Stop(t, w1)
 
 	w2 := testkit.Start(t, cfg)
@@ -252,7 +257,6 @@ func TestMissionHistoryStaysBounded(t *testing.T) {
 	t.Parallel()
 	cfg := testkit.Config(t)
 	cfg.Heartbeat = time.Nanosecond // every accepted frame is a signal
-	cfg.Mission.SignalsPerExecution = 100
 	w := testkit.Start(t, cfg)
 	ctx := context.Background()
 	req := testkit.Request("long-flight")
@@ -296,5 +300,35 @@ func TestMissionHistoryStaysBounded(t *testing.T) {
 	t.Logf("%d frames, largest history %d events", frames, maxHistory)
 	if got := fmt.Sprint(phases(out)); !strings.HasSuffix(got, "Returning Completed]") {
 		t.Errorf("timeline %s lost phases across continue-as-new", got)
+	}
+}
+
+// TestMissionOutlivesItsWatchdog flies in real time for several watchdog
+// periods with telemetry flowing all along: the mission must complete, not
+// be declared lost. (Waits with a timeout in durabletask-go v0.6.0 broke
+// exactly this; see the fly method.)
+func TestMissionOutlivesItsWatchdog(t *testing.T) {
+	t.Parallel()
+	cfg := testkit.Config(t)
+	cfg.Mission.Watchdog = time.Second
+	cfg.Heartbeat = 200 * time.Millisecond
+	w := testkit.Start(t, cfg)
+	ctx := context.Background()
+	id, err := w.StartMission(ctx, testkit.Request("paced"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := testkit.AwaitDispatched(t, w, id)
+	flight := testkit.Flight(t, w, st, simulator.FaultNone, 0)
+	start := time.Now()
+	if err := simulator.Fly(ctx, testkit.Sink(t, w), 50*time.Millisecond, flight); err != nil {
+		t.Fatal(err)
+	}
+	if flown := time.Since(start); flown < 3*cfg.Mission.Watchdog {
+		t.Fatalf("flight took %s; it must outlast the %s watchdog several times to test anything", flown, cfg.Mission.Watchdog)
+	}
+	out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
+	if out.Phase != domain.PhaseCompleted {
+		t.Fatalf("phase %s (%s), want Completed", out.Phase, out.Failure)
 	}
 }

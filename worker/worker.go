@@ -104,8 +104,8 @@ func (c Config) validate() error {
 	if err := c.Mission.Validate(); err != nil {
 		return err
 	}
-	if c.Heartbeat <= 0 || c.Heartbeat >= c.Mission.Watchdog {
-		return fmt.Errorf("heartbeat %s must be positive and shorter than the watchdog %s, or healthy missions would time out", c.Heartbeat, c.Mission.Watchdog)
+	if c.Heartbeat <= 0 || c.Heartbeat >= c.Mission.Watchdog/2 {
+		return fmt.Errorf("heartbeat %s must be positive and under half the watchdog %s, or healthy missions could be declared lost", c.Heartbeat, c.Mission.Watchdog)
 	}
 	for i, k := range c.APIKeys {
 		if len(k) < 16 {
@@ -122,6 +122,9 @@ type Worker struct {
 	client   dtbackend.TaskHubClient
 	runner   *taskhub.Runner
 	ingestor *activities.Ingestor
+	watchdog *activities.Watchdog
+	stopDog  context.CancelFunc
+	dogDone  chan struct{}
 	handler  http.Handler
 	log      *slog.Logger
 	started  atomic.Bool
@@ -181,6 +184,7 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 		client:   client,
 		runner:   taskhub.NewRunner(hub.Backend, log, ow, aw),
 		ingestor: ingestor,
+		watchdog: activities.NewWatchdog(hub.Fleet, client, activities.WatchdogOptions{Silence: cfg.Mission.Watchdog, Logger: log}),
 		log:      log,
 	}
 	w.handler = httpapi.NewHandler(httpapi.Options{
@@ -220,6 +224,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.runner.Start(ctx); err != nil {
 		return fmt.Errorf("start task hub worker: %w", err)
 	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.stopDog, w.dogDone = cancel, make(chan struct{})
+	go func() { defer close(w.dogDone); w.watchdog.Run(dctx) }()
 	w.started.Store(true)
 	w.log.Info("worker started", "storage", w.hub.Description, "hub", w.cfg.HubName)
 	return nil
@@ -230,6 +237,8 @@ func (w *Worker) Start(ctx context.Context) error {
 func (w *Worker) Shutdown(ctx context.Context) error {
 	var err error
 	if w.started.Swap(false) {
+		w.stopDog()
+		<-w.dogDone
 		err = w.runner.Shutdown(ctx)
 	}
 	return errors.Join(err, w.hub.Close())

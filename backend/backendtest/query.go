@@ -92,7 +92,7 @@ func testListInstances(t *testing.T, ctx context.Context, be taskhub.Backend) {
 	})
 	t1 := time.Now()
 	for i := range 10 {
-		beta = append(beta, schedule(t, ctx, c, "Noop", api.WithInstanceID(api.InstanceID(fmt.Sprintf("beta-%02d", i)))))
+		beta = append(beta, schedule(t, ctx, c, "Later", api.WithInstanceID(api.InstanceID(fmt.Sprintf("beta-%02d", i)))))
 	}
 	t2 := time.Now()
 	everyone := slices.Concat(alpha, beta)
@@ -104,10 +104,20 @@ func testListInstances(t *testing.T, ctx context.Context, be taskhub.Backend) {
 		t.Errorf("page sizes %v, want [10 10 5]", sizes)
 	}
 	for _, md := range all {
-		if md.Name != "Noop" || md.CreatedAt.IsZero() {
-			t.Errorf("listed %s: name %q created %s", md.InstanceID, md.Name, md.CreatedAt)
+		want := "Noop"
+		if slices.Contains(beta, md.InstanceID) {
+			want = "Later"
+		}
+		if md.Name != want || md.CreatedAt.IsZero() {
+			t.Errorf("listed %s: name %q created %s, want name %q", md.InstanceID, md.Name, md.CreatedAt, want)
 		}
 	}
+
+	// Orchestrator name.
+	named, _ := listAll(t, ctx, be, taskhub.Query{Name: "Later", PageSize: 3})
+	requireIDs(t, "name Later", named, beta)
+	named, _ = listAll(t, ctx, be, taskhub.Query{Name: "Noop", RuntimeStatus: []api.OrchestrationStatus{api.RUNTIME_STATUS_COMPLETED}})
+	requireIDs(t, "name Noop, Completed", named, alpha)
 	if all, _ := listAll(t, ctx, be, taskhub.Query{}); len(all) != len(everyone) {
 		t.Errorf("default page size listed %d instances, want %d", len(all), len(everyone))
 	}

@@ -1,0 +1,256 @@
+// Package azurestorage is dronehub's Azure Storage task hub: durabletask-go's
+// backend contract on Azure queues, tables and blobs, shared by many workers.
+//
+// See docs/storage-layout.md for every queue, table and blob it uses and the
+// checkpoint protocol. In short: an instance's status row ("sentinel") lives
+// in the same table partition as its history, so status and history change
+// in one entity-group transaction guarded by the sentinel's ETag; messages
+// travel on partitioned control queues and one activity queue; partitions
+// are owned through ETag-guarded lease rows.
+package azurestorage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	dtbackend "github.com/microsoft/durabletask-go/backend"
+
+	"github.com/dronehub/dronehub/taskhub"
+)
+
+// ErrPartitionMismatch is returned by Open when the hub was created with a
+// different partition count.
+var ErrPartitionMismatch = errors.New("azurestorage: partition count does not match the task hub's")
+
+// Backend is the Azure Storage task hub. It implements taskhub.Backend.
+type Backend struct {
+	opts  Options
+	cfg   Config
+	cl    *clients
+	names names
+	log   *slog.Logger
+
+	history *aztables.Client
+	dead    *aztables.Client
+	leases  *aztables.Client
+	control []*azqueue.QueueClient
+	work    *azqueue.QueueClient
+	fleet   *Fleet
+
+	orchWake, actWake taskhub.Wake
+
+	mu       sync.Mutex
+	created  bool
+	pending  map[string][]*inMsg // dequeued control messages per instance, not yet in a work item
+	ready    []string            // instances with pending messages, oldest first
+	inflight map[string]bool     // instances in a work item
+	actBuf   []*inMsg            // dequeued activity messages
+	timers   []time.Time         // due times of delayed messages this process sent
+	lm       *leaseManager
+
+	bg     context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var _ taskhub.Backend = (*Backend)(nil)
+
+// Open connects to the task hub, creating its queues, tables and container
+// if needed, and checks the partition count against the hub's metadata.
+func Open(ctx context.Context, opts Options) (*Backend, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConnectionString(opts.ConnectionString)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := newClients(cfg, opts.Counter)
+	if err != nil {
+		return nil, err
+	}
+	n := newNames(opts.HubName, opts.Partitions)
+	b := &Backend{
+		opts: opts, cfg: cfg, cl: cl, names: n, log: opts.Logger.With("hub", opts.HubName),
+		history:  cl.table.NewClient(n.historyTable),
+		dead:     cl.table.NewClient(n.deadTable),
+		leases:   cl.table.NewClient(n.leaseTable),
+		work:     cl.queue.NewQueueClient(n.workItems),
+		pending:  map[string][]*inMsg{},
+		inflight: map[string]bool{},
+	}
+	for p := 0; p < n.partitions; p++ {
+		b.control = append(b.control, cl.queue.NewQueueClient(n.controlQueue(p)))
+	}
+	b.bg, b.cancel = context.WithCancel(context.Background())
+	b.lm = newLeaseManager(b)
+	if err := b.CreateTaskHub(ctx); err != nil && !errors.Is(err, dtbackend.ErrTaskHubExists) {
+		b.cancel()
+		return nil, err
+	}
+	f, err := newFleet(ctx, cl.table, n)
+	if err != nil {
+		b.cancel()
+		return nil, err
+	}
+	b.fleet = f
+	return b, nil
+}
+
+// Fleet returns the domain store on the same storage account.
+func (b *Backend) Fleet() *Fleet { return b.fleet }
+
+// Counter returns the storage request counter.
+func (b *Backend) Counter() *Counter { return b.opts.Counter }
+
+// Close releases partition leases and stops background work. Stop the
+// worker using the backend first.
+func (b *Backend) Close() error {
+	b.cancel()
+	b.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b.lm.releaseAll(ctx)
+	return nil
+}
+
+// String describes the hub without secrets.
+func (b *Backend) String() string {
+	return fmt.Sprintf("%s hub %s (%d partitions)", b.cfg, b.opts.HubName, b.opts.Partitions)
+}
+
+const (
+	metaPK = "hub"
+	metaRK = "taskhub"
+)
+
+// CreateTaskHub creates the hub's resources idempotently and records its
+// partition count. It returns ErrTaskHubExists (unwrapped) if the hub was
+// already there.
+func (b *Backend) CreateTaskHub(ctx context.Context) error {
+	for _, t := range []string{b.names.historyTable, b.names.deadTable, b.names.leaseTable} {
+		if err := createTable(ctx, b.cl.table, t); err != nil {
+			return err
+		}
+	}
+	queues := append([]*azqueue.QueueClient{b.work}, b.control...)
+	for _, q := range queues {
+		if _, err := q.Create(ctx, nil); err != nil && !isConflict(err) {
+			return fmt.Errorf("azurestorage: create queue %s: %w", queueName(q), err)
+		}
+	}
+	if _, err := b.cl.blob.CreateContainer(ctx, b.names.largeMessages, nil); err != nil && !isConflict(err) {
+		return fmt.Errorf("azurestorage: create container %s: %w", b.names.largeMessages, err)
+	}
+	meta := newEntity(metaPK, metaRK)
+	meta["Partitions"] = b.opts.Partitions
+	meta["CreatedTime"] = formatTime(time.Now())
+	_, err := b.leases.AddEntity(ctx, meta.marshal(), nil)
+	switch {
+	case err == nil:
+		b.mu.Lock()
+		b.created = true
+		b.mu.Unlock()
+		return nil
+	case !isConflict(err):
+		return fmt.Errorf("azurestorage: record hub metadata: %w", err)
+	}
+	resp, err := b.leases.GetEntity(ctx, metaPK, metaRK, nil)
+	if err != nil {
+		return fmt.Errorf("azurestorage: read hub metadata: %w", err)
+	}
+	e, err := parseEntity(resp.Value)
+	if err != nil {
+		return fmt.Errorf("azurestorage: read hub metadata: %w", err)
+	}
+	if got := int(e.int64("Partitions")); got != b.opts.Partitions {
+		return fmt.Errorf("%w: hub %s has %d partitions, Options.Partitions is %d", ErrPartitionMismatch, b.opts.HubName, got, b.opts.Partitions)
+	}
+	return dtbackend.ErrTaskHubExists
+}
+
+// DeleteTaskHub deletes every queue, table and container of the hub, the
+// fleet tables included.
+func (b *Backend) DeleteTaskHub(ctx context.Context) error {
+	if _, err := b.leases.GetEntity(ctx, metaPK, metaRK, nil); err != nil {
+		if isNotFound(err) {
+			return dtbackend.ErrTaskHubNotFound
+		}
+		return fmt.Errorf("azurestorage: read hub metadata: %w", err)
+	}
+	var errs []error
+	for _, t := range []string{b.names.historyTable, b.names.deadTable, b.names.dronesTable, b.names.effectsTable, b.names.leaseTable} {
+		if _, err := b.cl.table.DeleteTable(ctx, t, nil); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete table %s: %w", t, err))
+		}
+	}
+	for _, q := range append([]*azqueue.QueueClient{b.work}, b.control...) {
+		if _, err := q.Delete(ctx, nil); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete queue %s: %w", queueName(q), err))
+		}
+	}
+	if _, err := b.cl.blob.DeleteContainer(ctx, b.names.largeMessages, nil); err != nil && !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete container %s: %w", b.names.largeMessages, err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("azurestorage: delete task hub %s: %w", b.opts.HubName, err)
+	}
+	return nil
+}
+
+// Start implements backend.Backend: it begins claiming partitions.
+func (b *Backend) Start(ctx context.Context) error {
+	b.lm.start()
+	return nil
+}
+
+// Stop implements backend.Backend. Leases are kept until Close, so a worker
+// restarted on the same backend resumes its partitions.
+func (b *Backend) Stop(context.Context) error { return nil }
+
+// timeLayout is fixed-width, so stored times sort as strings.
+const timeLayout = "2006-01-02T15:04:05.000000000Z"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
+
+func parseTime(s string) time.Time {
+	t, _ := time.Parse(timeLayout, s)
+	return t
+}
+
+// noteTimer remembers when a delayed message this process sent is due, so
+// an idle consumer wakes for it instead of waiting a full poll interval.
+func (b *Backend) noteTimer(at time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.timers) >= 1024 {
+		return
+	}
+	b.timers = append(b.timers, at)
+	sort.Slice(b.timers, func(i, j int) bool { return b.timers[i].Before(b.timers[j]) })
+}
+
+// untilTimer is the time until the next noted timer, capped at d.
+func (b *Backend) untilTimer(d time.Duration) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	for len(b.timers) > 0 && !b.timers[0].After(now) {
+		b.timers = b.timers[1:]
+		return 0 // one came due since the last poll
+	}
+	if len(b.timers) > 0 {
+		if u := time.Until(b.timers[0]) + 50*time.Millisecond; u < d {
+			return u
+		}
+	}
+	return d
+}

@@ -1,0 +1,124 @@
+package azurestorage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	dtbackend "github.com/microsoft/durabletask-go/backend"
+)
+
+// DeadLetter is a message taken out of circulation: it was dequeued more
+// than MaxDequeueCount times, or could not be read.
+type DeadLetter struct {
+	// ID identifies the dead letter for ReplayDeadLetter.
+	ID string
+	// Queue is the queue the message came from.
+	Queue string
+	// InstanceID is the instance the message was for, if readable.
+	InstanceID string
+	// EventType names the history event ("TaskScheduled", "EventRaised", ...).
+	EventType string
+	// DequeueCount is how many times it had been dequeued.
+	DequeueCount int64
+	// Reason says why it was dead-lettered.
+	Reason string
+	// At is when it was dead-lettered.
+	At time.Time
+}
+
+const deadPK = "dl"
+
+// ErrDeadLetterNotFound is returned by ReplayDeadLetter for an unknown id.
+var ErrDeadLetterNotFound = errors.New("dead letter not found")
+
+// deadLetter moves a message to the dead-letter table, then deletes it.
+func (b *Backend) deadLetter(ctx context.Context, m *inMsg, reason string) error {
+	_ = b.decode(ctx, m) // best effort: describe the event if we can
+	rk := fmt.Sprintf("%020d-%s", time.Now().UnixNano(), m.msgID)
+	e := newEntity(deadPK, rk)
+	e["Queue"] = queueName(m.queue)
+	e["InstanceID"] = m.env.Instance
+	e["Content"] = m.content
+	e["Reason"] = reason
+	e.setInt64("DequeueCount", m.dequeueCount)
+	if m.event != nil {
+		e["EventType"] = eventType(m.event)
+	}
+	if _, err := b.dead.AddEntity(ctx, e.marshal(), nil); err != nil {
+		return fmt.Errorf("azurestorage: dead-letter message from %s: %w", e["Queue"], err)
+	}
+	b.log.Warn("azurestorage: message dead-lettered", "queue", e["Queue"], "instance", m.env.Instance, "reason", reason, "id", rk)
+	return b.deleteMsg(ctx, m)
+}
+
+func eventType(e *dtbackend.HistoryEvent) string {
+	name := fmt.Sprintf("%T", e.GetEventType())
+	// *protos.HistoryEvent_TaskScheduled -> TaskScheduled
+	for i := len(name) - 1; i >= 0; i-- {
+		if name[i] == '_' {
+			return name[i+1:]
+		}
+	}
+	return name
+}
+
+// ListDeadLetters returns every dead letter, oldest first.
+func (b *Backend) ListDeadLetters(ctx context.Context) ([]DeadLetter, error) {
+	filter := "PartitionKey eq " + quote(deadPK)
+	sel := "RowKey,Queue,InstanceID,EventType,DequeueCount,Reason,Timestamp"
+	pager := b.dead.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Select: &sel})
+	var out []DeadLetter
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("azurestorage: list dead letters: %w", err)
+		}
+		for _, raw := range page.Entities {
+			e, err := parseEntity(raw)
+			if err != nil {
+				return nil, err
+			}
+			at, _ := time.Parse(time.RFC3339Nano, e.str("Timestamp"))
+			out = append(out, DeadLetter{ID: e.str("RowKey"), Queue: e.str("Queue"), InstanceID: e.str("InstanceID"),
+				EventType: e.str("EventType"), DequeueCount: e.int64("DequeueCount"), Reason: e.str("Reason"), At: at})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// ReplayDeadLetter puts a dead letter back on its queue (with a fresh
+// dequeue count) and removes it from the dead-letter table.
+func (b *Backend) ReplayDeadLetter(ctx context.Context, id string) error {
+	resp, err := b.dead.GetEntity(ctx, deadPK, id, nil)
+	if err != nil {
+		if isNotFound(err) {
+			return fmt.Errorf("azurestorage: dead letter %q: %w", id, ErrDeadLetterNotFound)
+		}
+		return fmt.Errorf("azurestorage: read dead letter %s: %w", id, err)
+	}
+	e, err := parseEntity(resp.Value)
+	if err != nil {
+		return err
+	}
+	q := b.cl.queue.NewQueueClient(e.str("Queue"))
+	ttl := int32(-1)
+	if _, err := q.EnqueueMessage(ctx, e.str("Content"), &azqueue.EnqueueMessageOptions{TimeToLive: &ttl}); err != nil {
+		return fmt.Errorf("azurestorage: replay dead letter %s to %s: %w", id, e.str("Queue"), err)
+	}
+	etag := resp.ETag
+	if _, err := b.dead.DeleteEntity(ctx, deadPK, id, &aztables.DeleteEntityOptions{IfMatch: &etag}); err != nil && !isNotFound(err) {
+		return fmt.Errorf("azurestorage: remove replayed dead letter %s: %w", id, err)
+	}
+	if e.str("Queue") == b.names.workItems {
+		b.actWake.Notify()
+	} else {
+		b.orchWake.Notify()
+	}
+	return nil
+}

@@ -1,0 +1,13 @@
+package azurestorage
+
+import (
+	"testing"
+
+	"github.com/dronehub/dronehub/internal/azurite"
+)
+
+// SharedAzurite gives external tests of this package the shared server.
+func SharedAzurite(t testing.TB) *azurite.Server { return azr.Get(t) }
+
+// FreshHubName gives external tests a fresh hub name.
+func FreshHubName(t testing.TB) string { return testHub(t) }

@@ -1,0 +1,418 @@
+package azurestorage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	"github.com/google/uuid"
+	"github.com/microsoft/durabletask-go/api"
+	dtbackend "github.com/microsoft/durabletask-go/backend"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/dronehub/dronehub/taskhub"
+)
+
+// Row keys inside an instance's partition of <Hub>History.
+const (
+	sentinelRK   = "meta" // status row; its ETag guards every commit
+	historyRKPre = "h|"   // h|<16 hex digits>: one history event
+	stashRKPre   = "s|"   // s|<unix nanos>|<message id>: an event that arrived before the instance started
+	maxSeen      = 64     // message ids remembered in the sentinel to drop redelivered copies
+	seenSep      = ","
+)
+
+func historyRK(seq int) string { return fmt.Sprintf("%s%016x", historyRKPre, seq) }
+
+// getSentinel reads an instance's status row; (nil, "", nil) if absent.
+func (b *Backend) getSentinel(ctx context.Context, id string) (entity, azcore.ETag, error) {
+	resp, err := b.history.GetEntity(ctx, escapeKey(id), sentinelRK, nil)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, "", nil
+		}
+		return nil, "", fmt.Errorf("azurestorage: read instance %s: %w", id, err)
+	}
+	e, err := parseEntity(resp.Value)
+	if err != nil {
+		return nil, "", fmt.Errorf("azurestorage: read instance %s: %w", id, err)
+	}
+	return e, resp.ETag, nil
+}
+
+func sentinelStatus(e entity) api.OrchestrationStatus {
+	s, err := taskhub.ParseStatus(e.str("Status"))
+	if err != nil {
+		return api.RUNTIME_STATUS_PENDING
+	}
+	return s
+}
+
+// setLarge stores a string property, moving it to a blob if too large.
+func (b *Backend) setLarge(ctx context.Context, e entity, instance, name, value string) error {
+	if len(value)*2 <= maxInlineProperty { // UTF-16 size bound
+		e[name] = value
+		e[name+"Blob"] = ""
+		return nil
+	}
+	blob := blobPrefix(instance) + "prop-" + strings.ToLower(name) + "-" + uuid.NewString() + ".gz"
+	if err := b.putBlob(ctx, blob, []byte(value)); err != nil {
+		return err
+	}
+	e[name] = ""
+	e[name+"Blob"] = blob
+	return nil
+}
+
+func (b *Backend) getLarge(ctx context.Context, e entity, name string) (string, error) {
+	if blob := e.str(name + "Blob"); blob != "" {
+		data, err := b.getBlob(ctx, blob)
+		return string(data), err
+	}
+	return e.str(name), nil
+}
+
+// metadata converts a sentinel row to api metadata.
+func (b *Backend) metadata(ctx context.Context, e entity) (*api.OrchestrationMetadata, error) {
+	id := e.str("InstanceID")
+	input, err := b.getLarge(ctx, e, "Input")
+	if err != nil {
+		return nil, err
+	}
+	output, err := b.getLarge(ctx, e, "Output")
+	if err != nil {
+		return nil, err
+	}
+	custom, err := b.getLarge(ctx, e, "CustomStatus")
+	if err != nil {
+		return nil, err
+	}
+	var fd *dtbackend.TaskFailureDetails
+	if raw, err := e.binary("FailureDetails"); err != nil {
+		return nil, err
+	} else if len(raw) > 0 {
+		fd = &dtbackend.TaskFailureDetails{}
+		if err := proto.Unmarshal(raw, fd); err != nil {
+			return nil, fmt.Errorf("azurestorage: instance %s failure details: %w", id, err)
+		}
+	}
+	return api.NewOrchestrationMetadata(api.InstanceID(id), e.str("Name"), sentinelStatus(e),
+		parseTime(e.str("CreatedTime")), parseTime(e.str("LastUpdatedTime")), input, output, custom, fd), nil
+}
+
+// GetOrchestrationMetadata implements backend.Backend.
+func (b *Backend) GetOrchestrationMetadata(ctx context.Context, id api.InstanceID) (*api.OrchestrationMetadata, error) {
+	e, _, err := b.getSentinel(ctx, string(id))
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		return nil, api.ErrInstanceNotFound
+	}
+	return b.metadata(ctx, e)
+}
+
+// newSentinel is the status row of an instance that has not run yet.
+func (b *Backend) newSentinel(ctx context.Context, start *dtbackend.HistoryEvent) (entity, error) {
+	es := start.GetExecutionStarted()
+	id := es.GetOrchestrationInstance().GetInstanceId()
+	e := newEntity(escapeKey(id), sentinelRK)
+	e["InstanceID"] = id
+	e["Name"] = es.GetName()
+	e["Status"] = taskhub.StorageName(api.RUNTIME_STATUS_PENDING)
+	e["ExecutionID"] = es.GetOrchestrationInstance().GetExecutionId().GetValue()
+	e["CreatedTime"] = formatTime(start.GetTimestamp().AsTime())
+	e["LastUpdatedTime"] = formatTime(time.Now())
+	e["HistoryCount"] = 0
+	if err := b.setLarge(ctx, e, id, "Input", es.GetInput().GetValue()); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// CreateOrchestrationInstance implements backend.Backend. The start message
+// is enqueued before the status row is written: if the process dies in
+// between, the worker that receives the message writes the row itself, so
+// an instance can never be left Pending without a message to start it.
+func (b *Backend) CreateOrchestrationInstance(ctx context.Context, e *dtbackend.HistoryEvent, opts ...dtbackend.OrchestrationIdReusePolicyOptions) error {
+	if e == nil || e.GetExecutionStarted() == nil {
+		return errors.New("azurestorage: CreateOrchestrationInstance needs an ExecutionStarted event")
+	}
+	if e.Timestamp == nil {
+		return errors.New("azurestorage: HistoryEvent must have a non-nil timestamp")
+	}
+	policy := &api.OrchestrationIdReusePolicy{}
+	for _, o := range opts {
+		if err := o(policy); err != nil {
+			return err
+		}
+	}
+	err := b.createInstance(ctx, e, policy)
+	if errors.Is(err, api.ErrIgnoreInstance) {
+		return nil
+	}
+	if err == nil {
+		b.orchWake.Notify()
+	}
+	return err
+}
+
+func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent, policy *api.OrchestrationIdReusePolicy) error {
+	es := e.GetExecutionStarted()
+	id := es.GetOrchestrationInstance().GetInstanceId()
+	if id == "" {
+		return errors.New("azurestorage: ExecutionStarted event has no instance id")
+	}
+	existing, _, err := b.getSentinel(ctx, id)
+	if err != nil {
+		return err
+	}
+	if existing != nil {
+		status := sentinelStatus(existing)
+		matched := false
+		for _, s := range policy.GetOperationStatus() {
+			if s == status {
+				matched = true
+			}
+		}
+		if !matched {
+			return api.ErrDuplicateInstance
+		}
+		switch policy.GetAction() {
+		case api.REUSE_ID_ACTION_IGNORE:
+			b.log.Warn("azurestorage: instance exists; dropping duplicate create request", "instance", id)
+			return api.ErrIgnoreInstance
+		case api.REUSE_ID_ACTION_TERMINATE:
+			if err := b.purge(ctx, id, false); err != nil {
+				return fmt.Errorf("azurestorage: replace instance %s: %w", id, err)
+			}
+		default:
+			return api.ErrDuplicateInstance
+		}
+	}
+	var at time.Time
+	if t, ok := taskhub.ScheduledStart([]*dtbackend.HistoryEvent{e}, time.Now()); ok {
+		at = t
+	}
+	env := envelope{ID: uuid.NewString(), Instance: id}
+	if err := b.send(ctx, b.controlFor(id), env, e, at); err != nil {
+		return err
+	}
+	row, err := b.newSentinel(ctx, e)
+	if err != nil {
+		return err
+	}
+	if _, err := b.history.AddEntity(ctx, row.marshal(), nil); err != nil {
+		if !isConflict(err) {
+			return fmt.Errorf("azurestorage: create instance %s: %w", id, err)
+		}
+		// A worker got the start message first and wrote the row, or a
+		// concurrent create won.
+		cur, _, err := b.getSentinel(ctx, id)
+		if err != nil {
+			return err
+		}
+		if cur == nil || cur.str("ExecutionID") != row.str("ExecutionID") {
+			return api.ErrDuplicateInstance
+		}
+	}
+	return nil
+}
+
+func (b *Backend) controlFor(id string) *azqueue.QueueClient {
+	return b.control[partitionOf(id, b.names.partitions)]
+}
+
+// AddNewOrchestrationEvent implements backend.Backend. Events for an
+// instance that does not exist yet are kept (stashed in its partition) and
+// delivered once it starts.
+func (b *Backend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *dtbackend.HistoryEvent) error {
+	if e == nil {
+		return errors.New("azurestorage: HistoryEvent must be non-nil")
+	}
+	if e.Timestamp == nil {
+		return errors.New("azurestorage: HistoryEvent must have a non-nil timestamp")
+	}
+	if err := b.send(ctx, b.controlFor(string(id)), envelope{ID: uuid.NewString(), Instance: string(id)}, e, time.Time{}); err != nil {
+		return err
+	}
+	b.orchWake.Notify()
+	return nil
+}
+
+// PurgeOrchestrationState implements backend.Backend: it deletes the
+// instance's rows and blobs. Only completed, failed or terminated instances
+// can be purged.
+func (b *Backend) PurgeOrchestrationState(ctx context.Context, id api.InstanceID) error {
+	return b.purge(ctx, string(id), true)
+}
+
+func (b *Backend) purge(ctx context.Context, id string, requireCompleted bool) error {
+	e, etag, err := b.getSentinel(ctx, id)
+	if err != nil {
+		return err
+	}
+	if e == nil {
+		return api.ErrInstanceNotFound
+	}
+	if requireCompleted {
+		switch sentinelStatus(e) {
+		case api.RUNTIME_STATUS_COMPLETED, api.RUNTIME_STATUS_FAILED, api.RUNTIME_STATUS_TERMINATED:
+		default:
+			return api.ErrNotCompleted
+		}
+	}
+	pk := escapeKey(id)
+	rows, err := b.partitionRows(ctx, pk, true)
+	if err != nil {
+		return err
+	}
+	var actions []aztables.TransactionAction
+	flush := func() error {
+		if len(actions) == 0 {
+			return nil
+		}
+		_, err := b.history.SubmitTransaction(ctx, actions, nil)
+		actions = actions[:0]
+		if err != nil {
+			return fmt.Errorf("azurestorage: purge %s: %w", id, err)
+		}
+		return nil
+	}
+	for _, r := range rows {
+		if r.str("RowKey") == sentinelRK {
+			continue
+		}
+		actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeDelete, Entity: newEntity(pk, r.str("RowKey")).marshal()})
+		if len(actions) == 100 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	// The sentinel goes last (and only if unchanged), so a purge that dies
+	// half way can be run again.
+	if _, err := b.history.DeleteEntity(ctx, pk, sentinelRK, &aztables.DeleteEntityOptions{IfMatch: &etag}); err != nil && !isNotFound(err) {
+		if isPrecondition(err) {
+			return fmt.Errorf("azurestorage: purge %s: the instance changed during the purge: %w", id, api.ErrNotCompleted)
+		}
+		return fmt.Errorf("azurestorage: purge %s: %w", id, err)
+	}
+	return b.deleteBlobs(ctx, blobPrefix(id))
+}
+
+// partitionRows reads every row of an instance partition (one range query).
+func (b *Backend) partitionRows(ctx context.Context, pk string, keysOnly bool) ([]entity, error) {
+	filter := "PartitionKey eq " + quote(pk)
+	o := &aztables.ListEntitiesOptions{Filter: &filter}
+	if keysOnly {
+		sel := "PartitionKey,RowKey"
+		o.Select = &sel
+	}
+	pager := b.history.NewListEntitiesPager(o)
+	var out []entity
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("azurestorage: read partition %s: %w", pk, err)
+		}
+		for _, raw := range page.Entities {
+			e, err := parseEntity(raw)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// ListInstances implements taskhub.Backend. It queries the status rows
+// (RowKey "meta") with the status and time filters pushed to the service,
+// then orders by (created, id) and pages with the cursor.
+func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.Page, error) {
+	q, err := q.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	filter := "RowKey eq " + quote(sentinelRK)
+	if q.Name != "" {
+		filter += " and Name eq " + quote(q.Name)
+	}
+	if len(q.RuntimeStatus) > 0 {
+		var ors []string
+		for _, s := range q.RuntimeStatus {
+			ors = append(ors, "Status eq "+quote(taskhub.StorageName(s)))
+		}
+		filter += " and (" + strings.Join(ors, " or ") + ")"
+	}
+	if !q.CreatedFrom.IsZero() {
+		filter += " and CreatedTime ge " + quote(formatTime(q.CreatedFrom))
+	}
+	if !q.CreatedTo.IsZero() {
+		filter += " and CreatedTime lt " + quote(formatTime(q.CreatedTo))
+	}
+	if q.InstanceIDPrefix != "" {
+		filter += " and PartitionKey ge " + quote(escapeKey(q.InstanceIDPrefix))
+	}
+	var cur taskhub.Cursor
+	if q.ContinuationToken != "" {
+		cur, _ = taskhub.DecodeCursor(q.ContinuationToken)
+		filter += " and CreatedTime ge " + quote(cur.Created)
+	}
+	pager := b.history.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
+	type key struct {
+		created, id string
+		row         entity
+	}
+	var keys []key
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("azurestorage: list instances: %w", err)
+		}
+		for _, raw := range page.Entities {
+			e, err := parseEntity(raw)
+			if err != nil {
+				return nil, err
+			}
+			k := key{e.str("CreatedTime"), e.str("InstanceID"), e}
+			if !strings.HasPrefix(k.id, q.InstanceIDPrefix) {
+				continue
+			}
+			if q.ContinuationToken != "" && (k.created < cur.Created || (k.created == cur.Created && k.id <= cur.ID)) {
+				continue
+			}
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].created != keys[j].created {
+			return keys[i].created < keys[j].created
+		}
+		return keys[i].id < keys[j].id
+	})
+	page := &taskhub.Page{}
+	if len(keys) > q.PageSize {
+		keys = keys[:q.PageSize]
+		last := keys[len(keys)-1]
+		page.ContinuationToken = taskhub.Cursor{Created: last.created, ID: last.id}.Encode()
+	}
+	for _, k := range keys {
+		md, err := b.metadata(ctx, k.row)
+		if err != nil {
+			return nil, err
+		}
+		page.Instances = append(page.Instances, md)
+	}
+	return page, nil
+}

@@ -1,0 +1,224 @@
+package azurestorage
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	dtbackend "github.com/microsoft/durabletask-go/backend"
+)
+
+// envelope is the body of every queue message: one history event for one
+// instance. ID identifies the message across redeliveries and re-sends, so
+// a commit can record what it consumed and drop a redelivered copy.
+type envelope struct {
+	ID       string `json:"id"`
+	Instance string `json:"i"`
+	// Event is the marshaled HistoryEvent, or empty when Blob holds it.
+	Event []byte `json:"e,omitempty"`
+	// Blob names the gzipped event in the large-messages container.
+	Blob string `json:"b,omitempty"`
+	// NotBefore (unix ms) is when the message may be processed; a message
+	// seen earlier is sent again with the remaining delay (timers beyond the
+	// queue's 7-day visibility limit, scheduled starts).
+	NotBefore int64 `json:"nb,omitempty"`
+}
+
+// maxVisibility is kept below the service's 7-day limit.
+const maxVisibility = 7*24*time.Hour - time.Hour
+
+// blobName places an instance's blobs under one prefix, so purge finds them.
+func blobPrefix(instance string) string { return escapeKey(instance) + "/" }
+
+// send enqueues env's event to q, visible at visibleAt (zero: now), moving a
+// large event to a blob first.
+func (b *Backend) send(ctx context.Context, q *azqueue.QueueClient, env envelope, e *dtbackend.HistoryEvent, visibleAt time.Time) error {
+	if e != nil {
+		payload, err := dtbackend.MarshalHistoryEvent(e)
+		if err != nil {
+			return err
+		}
+		env.Event = payload
+	}
+	if len(env.Event)*4/3 > maxInlineMessage {
+		name := blobPrefix(env.Instance) + "msg-" + env.ID + ".gz"
+		if err := b.putBlob(ctx, name, env.Event); err != nil {
+			return err
+		}
+		env.Event, env.Blob = nil, name
+	}
+	var vis int32
+	if !visibleAt.IsZero() {
+		d := time.Until(visibleAt)
+		if d > maxVisibility {
+			d = maxVisibility
+			env.NotBefore = visibleAt.UnixMilli()
+		}
+		if d > 0 {
+			vis = int32(math.Ceil(d.Seconds()))
+			b.noteTimer(time.Now().Add(time.Duration(vis) * time.Second))
+		}
+	}
+	body, err := json.Marshal(env)
+	if err != nil {
+		return fmt.Errorf("azurestorage: encode message: %w", err)
+	}
+	_, err = q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
+	if err != nil {
+		return fmt.Errorf("azurestorage: enqueue to %s: %w", queueName(q), err)
+	}
+	return nil
+}
+
+func queueName(q *azqueue.QueueClient) string {
+	u := strings.TrimRight(q.URL(), "/")
+	return u[strings.LastIndex(u, "/")+1:]
+}
+
+// inMsg is one dequeued message.
+type inMsg struct {
+	queue        *azqueue.QueueClient
+	partition    int // control queue index, -1 for the work-item queue
+	msgID, pop   string
+	content      string
+	dequeueCount int64
+	dequeuedAt   time.Time
+	env          envelope
+	event        *dtbackend.HistoryEvent
+}
+
+// decode parses a dequeued message and loads its event (from a blob if needed).
+func (b *Backend) decode(ctx context.Context, m *inMsg) error {
+	if err := json.Unmarshal([]byte(m.content), &m.env); err != nil {
+		return fmt.Errorf("message is not a task hub envelope: %w", err)
+	}
+	payload := m.env.Event
+	if m.env.Blob != "" {
+		var err error
+		if payload, err = b.getBlob(ctx, m.env.Blob); err != nil {
+			return err
+		}
+	}
+	e, err := dtbackend.UnmarshalHistoryEvent(payload)
+	if err != nil {
+		return err
+	}
+	m.event = e
+	return nil
+}
+
+// dequeue receives up to n messages from q.
+func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition int, n int32) ([]*inMsg, error) {
+	vis := int32(b.opts.LockTimeout / time.Second)
+	resp, err := q.DequeueMessages(ctx, &azqueue.DequeueMessagesOptions{NumberOfMessages: &n, VisibilityTimeout: &vis})
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: dequeue from %s: %w", queueName(q), err)
+	}
+	now := time.Now()
+	var out []*inMsg
+	for _, m := range resp.Messages {
+		im := &inMsg{queue: q, partition: partition, msgID: *m.MessageID, pop: *m.PopReceipt, dequeuedAt: now}
+		if m.MessageText != nil {
+			im.content = *m.MessageText
+		}
+		if m.DequeueCount != nil {
+			im.dequeueCount = *m.DequeueCount
+		}
+		if im.dequeueCount > int64(b.opts.MaxDequeueCount) {
+			reason := fmt.Sprintf("dequeued %d times (MaxDequeueCount %d) without completing", im.dequeueCount, b.opts.MaxDequeueCount)
+			if err := b.deadLetter(ctx, im, reason); err != nil {
+				b.log.Warn("azurestorage: dead-letter failed", "queue", queueName(q), "err", err)
+			}
+			continue
+		}
+		if err := b.decode(ctx, im); err != nil {
+			if err := b.deadLetter(ctx, im, "unreadable: "+err.Error()); err != nil {
+				b.log.Warn("azurestorage: dead-letter failed", "queue", queueName(q), "err", err)
+			}
+			continue
+		}
+		if im.env.NotBefore > 0 && time.UnixMilli(im.env.NotBefore).After(now.Add(time.Second)) {
+			// A chained delay: send again for the rest of it.
+			env := im.env
+			env.NotBefore = 0
+			if err := b.send(ctx, q, env, nil, time.UnixMilli(im.env.NotBefore)); err != nil {
+				return out, err
+			}
+			b.deleteMsg(ctx, im)
+			continue
+		}
+		out = append(out, im)
+	}
+	return out, nil
+}
+
+// deleteMsg deletes a consumed message; a message already gone (its lock
+// expired and another consumer took it) is not an error here.
+func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
+	_, err := m.queue.DeleteMessage(ctx, m.msgID, m.pop, nil)
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("azurestorage: delete message from %s: %w", queueName(m.queue), err)
+	}
+	return nil
+}
+
+// release makes a message visible again after delay.
+func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration) error {
+	vis := int32(delay / time.Second)
+	_, err := m.queue.UpdateMessage(ctx, m.msgID, m.pop, m.content, &azqueue.UpdateMessageOptions{VisibilityTimeout: &vis})
+	if err != nil {
+		if isNotFound(err) {
+			return dtbackend.ErrWorkItemLockLost
+		}
+		return fmt.Errorf("azurestorage: release message in %s: %w", queueName(m.queue), err)
+	}
+	return nil
+}
+
+func (b *Backend) putBlob(ctx context.Context, name string, data []byte) error {
+	gz, err := gzipBytes(data)
+	if err != nil {
+		return err
+	}
+	if _, err := b.cl.blob.UploadBuffer(ctx, b.names.largeMessages, name, gz, nil); err != nil {
+		return fmt.Errorf("azurestorage: upload blob %s: %w", name, err)
+	}
+	return nil
+}
+
+func (b *Backend) getBlob(ctx context.Context, name string) ([]byte, error) {
+	resp, err := b.cl.blob.DownloadStream(ctx, b.names.largeMessages, name, nil)
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: download blob %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: download blob %s: %w", name, err)
+	}
+	return gunzipBytes(data)
+}
+
+// deleteBlobs removes every blob under prefix.
+func (b *Backend) deleteBlobs(ctx context.Context, prefix string) error {
+	pager := b.cl.blob.NewListBlobsFlatPager(b.names.largeMessages, &azblob.ListBlobsFlatOptions{Prefix: &prefix})
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("azurestorage: list blobs %s: %w", prefix, err)
+		}
+		for _, item := range page.Segment.BlobItems {
+			if _, err := b.cl.blob.DeleteBlob(ctx, b.names.largeMessages, *item.Name, nil); err != nil && !isNotFound(err) {
+				return fmt.Errorf("azurestorage: delete blob %s: %w", *item.Name, err)
+			}
+		}
+	}
+	return nil
+}

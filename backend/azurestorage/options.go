@@ -1,0 +1,116 @@
+package azurestorage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// DefaultHubName is the task hub name used when Options.HubName is empty.
+const DefaultHubName = "dronehub"
+
+// Options configures the task hub. Every zero field means its default;
+// ConnectionString is required.
+type Options struct {
+	// ConnectionString is an Azure Storage connection string or account URL
+	// (see ParseConnectionString).
+	ConnectionString string
+	// HubName names the task hub: 3-45 letters and digits starting with a
+	// letter. Default DefaultHubName.
+	HubName string
+	// Partitions is the number of control queues, 1-16; default 4. It is
+	// recorded when the hub is created and must match on every later start.
+	Partitions int
+	// LockTimeout is how long a fetched message stays invisible to other
+	// workers (the work item's lock). Default 2 minutes.
+	LockTimeout time.Duration
+	// MaxPollInterval bounds the idle polling back-off of each consumer:
+	// after work it polls again at once, then backs off up to this interval.
+	// Work this process enqueues and timers it set wake it sooner.
+	// Default 1s.
+	MaxPollInterval time.Duration
+	// MaxDequeueCount is how many times a message may be dequeued before it
+	// is moved to the dead-letter table. Default 10.
+	MaxDequeueCount int
+	// LeaseDuration is how long a partition lease lasts without renewal;
+	// leases renew every third of it. Default 30s.
+	LeaseDuration time.Duration
+	// WorkerID names this worker in leases and locks; default host-pid-random.
+	WorkerID string
+	// Counter counts storage requests; default a new Counter (see Backend.Counter).
+	Counter *Counter
+	// Logger receives logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.HubName == "" {
+		o.HubName = DefaultHubName
+	}
+	if o.Partitions == 0 {
+		o.Partitions = 4
+	}
+	if o.LockTimeout == 0 {
+		o.LockTimeout = 2 * time.Minute
+	}
+	if o.MaxPollInterval == 0 {
+		o.MaxPollInterval = time.Second
+	}
+	if o.MaxDequeueCount == 0 {
+		o.MaxDequeueCount = 10
+	}
+	if o.LeaseDuration == 0 {
+		o.LeaseDuration = 30 * time.Second
+	}
+	if o.WorkerID == "" {
+		o.WorkerID = defaultWorkerID()
+	}
+	if o.Counter == nil {
+		o.Counter = &Counter{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	if o.ConnectionString == "" {
+		return errors.New("azurestorage: Options.ConnectionString is required (e.g. UseDevelopmentStorage=true)")
+	}
+	if err := validateHubName(o.HubName); err != nil {
+		return err
+	}
+	switch {
+	case o.Partitions < 1 || o.Partitions > 16:
+		return fmt.Errorf("azurestorage: Options.Partitions %d is out of range 1-16", o.Partitions)
+	case o.LockTimeout < time.Second || o.LockTimeout > 7*24*time.Hour:
+		return fmt.Errorf("azurestorage: Options.LockTimeout %s is out of range 1s-7d", o.LockTimeout)
+	case o.MaxPollInterval < time.Millisecond:
+		return fmt.Errorf("azurestorage: Options.MaxPollInterval %s is below 1ms", o.MaxPollInterval)
+	case o.MaxDequeueCount < 1:
+		return fmt.Errorf("azurestorage: Options.MaxDequeueCount %d must be at least 1", o.MaxDequeueCount)
+	case o.LeaseDuration < time.Second:
+		return fmt.Errorf("azurestorage: Options.LeaseDuration %s is below 1s", o.LeaseDuration)
+	}
+	return nil
+}
+
+// OpenFleet opens only the domain store of a hub (creating its tables).
+func OpenFleet(ctx context.Context, opts Options) (*Fleet, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConnectionString(opts.ConnectionString)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := newClients(cfg, opts.Counter)
+	if err != nil {
+		return nil, err
+	}
+	return newFleet(ctx, cl.table, newNames(opts.HubName, opts.Partitions))
+}
