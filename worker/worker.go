@@ -67,8 +67,8 @@ type Config struct {
 	ActivityMiddleware activities.Middleware
 }
 
-// DefaultBase is the demo fleet's home base.
-var DefaultBase = domain.LatLon{Lat: 47.6401, Lon: -122.1298}
+// defaultBase is the demo fleet's home base: Redmond, WA.
+func defaultBase() domain.LatLon { return domain.LatLon{Lat: 47.6401, Lon: -122.1298} }
 
 func (c Config) withDefaults() Config {
 	if c.HubName == "" {
@@ -88,7 +88,7 @@ func (c Config) withDefaults() Config {
 		c.SeedDrones = 5
 	}
 	if c.SeedBase == nil {
-		b := DefaultBase
+		b := defaultBase()
 		c.SeedBase = &b
 	}
 	if c.Logger == nil {
