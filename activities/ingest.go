@@ -138,31 +138,42 @@ func (in *Ingestor) Ingest(ctx context.Context, frames []domain.DecodedFrame) (I
 	return res, errors.Join(errs...)
 }
 
+// maxSignalsPerBatch bounds the signals one drone's part of a batch raises;
+// past it only the latest state is raised, which the mission can still act
+// on because phases advance on the newest state.
+const maxSignalsPerBatch = 16
+
 func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.DecodedFrame, idx []int, out []FrameVerdict) (int, error) {
 	now := in.opts.Now()
-	var signal *domain.Signal
+	var signals []domain.Signal
 	var key, missionID string
 	d, err := in.store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
 		// UpdateDrone may retry fn on a lost race: compute everything afresh.
-		signal, key, missionID = nil, "", ""
-		accepted := false
+		signals, key, missionID = nil, d.LastSignalKey, d.MissionID
+		bound := d.MissionID != "" && d.Route != nil
 		for _, i := range idx {
 			v, reason := d.Tracked.Apply(frames[i].Frame)
 			out[i].Verdict, out[i].Reason = v, reason
-			if v == domain.VerdictAccepted {
-				accepted = true
-				d.Frames++
-				d.LastFrameAt = now
+			if v != domain.VerdictAccepted {
+				continue
+			}
+			d.Frames++
+			d.LastFrameAt = now
+			if !bound {
+				continue
+			}
+			// Every meaningful change within the batch is raised, in order:
+			// a landing and a takeoff in one batch are both phase changes.
+			if k := in.signalKey(*d.Tracked.State, *d.Route); k != key {
+				key = k
+				signals = append(signals, telemetrySignal(*d.Tracked.State))
 			}
 		}
-		if !accepted || d.MissionID == "" || d.Route == nil || d.Tracked.State == nil {
-			return nil
+		if bound && len(signals) == 0 && d.Tracked.State != nil && now.Sub(d.LastSignalAt) >= in.opts.Heartbeat {
+			signals = append(signals, telemetrySignal(*d.Tracked.State))
 		}
-		key = in.signalKey(*d.Tracked.State, *d.Route)
-		if key != d.LastSignalKey || now.Sub(d.LastSignalAt) >= in.opts.Heartbeat {
-			state := *d.Tracked.State
-			signal = &domain.Signal{Kind: domain.SignalTelemetry, State: &state}
-			missionID = d.MissionID
+		if len(signals) > maxSignalsPerBatch {
+			signals = append(signals[:maxSignalsPerBatch-1], signals[len(signals)-1])
 		}
 		return nil
 	})
@@ -180,15 +191,17 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 		}
 		return 0, fmt.Errorf("ingest telemetry for drone %s: %w", id, err)
 	}
-	if signal == nil || in.signal == nil {
+	if len(signals) == 0 || in.signal == nil {
 		return 0, nil
 	}
-	// The signal is raised after the state commit and recorded only after it
-	// was raised: if raising fails, the next frame raises it again.
-	payload, _ := json.Marshal(signal)
-	if err := in.signal.RaiseEvent(ctx, api.InstanceID(missionID), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
-		in.log.Warn("raise telemetry signal failed; it is raised again with the next frame", "drone", id, "mission", missionID, "err", err)
-		return 0, nil
+	// Signals are raised after the state commit and recorded only once all
+	// were raised: if raising fails, the next frame raises the change again.
+	for _, sig := range signals {
+		payload, _ := json.Marshal(sig)
+		if err := in.signal.RaiseEvent(ctx, api.InstanceID(missionID), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+			in.log.Warn("raise telemetry signal failed; it is raised again with the next frame", "drone", id, "mission", missionID, "err", err)
+			return 0, nil
+		}
 	}
 	_, err = in.store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
 		if d.MissionID == missionID && now.After(d.LastSignalAt) {
@@ -199,7 +212,11 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 	if err != nil {
 		in.log.Warn("record telemetry signal failed", "drone", d.ID, "err", err)
 	}
-	return 1, nil
+	return len(signals), nil
+}
+
+func telemetrySignal(s domain.DroneState) domain.Signal {
+	return domain.Signal{Kind: domain.SignalTelemetry, State: &s}
 }
 
 // signalKey summarises what a mission cares about in a drone's state; a

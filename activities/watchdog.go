@@ -39,15 +39,26 @@ type WatchdogOptions struct {
 //
 // Every worker may run one: each alarm is claimed in the fleet store first,
 // so only one worker raises it, at most once per Silence period per drone.
+//
+// A drone whose mission ended without freeing it (terminated, or purged) is
+// freed by the watchdog instead of alarmed.
 type Watchdog struct {
 	store  fleet.Store
-	signal Signaler
+	signal MissionClient
 	opts   WatchdogOptions
 	log    *slog.Logger
 }
 
-// NewWatchdog returns a watchdog over store that raises alarms through signal.
-func NewWatchdog(store fleet.Store, signal Signaler, opts WatchdogOptions) *Watchdog {
+// MissionClient raises events and reads instance status. A durabletask-go
+// TaskHubClient satisfies it.
+type MissionClient interface {
+	Signaler
+	FetchOrchestrationMetadata(ctx context.Context, id api.InstanceID) (*api.OrchestrationMetadata, error)
+}
+
+// NewWatchdog returns a watchdog over store that raises alarms through client.
+func NewWatchdog(store fleet.Store, client MissionClient, opts WatchdogOptions) *Watchdog {
+	signal := client
 	if opts.Silence == 0 {
 		opts.Silence = 60 * time.Second
 	}
@@ -103,7 +114,7 @@ func (w *Watchdog) Scan(ctx context.Context) error {
 		default:
 			continue
 		}
-		if !w.claim(ctx, d, sig.Kind, now) {
+		if w.freeIfEnded(ctx, d) || !w.claim(ctx, d, sig.Kind, now) {
 			continue
 		}
 		payload, _ := json.Marshal(sig)
@@ -133,4 +144,30 @@ func (w *Watchdog) claim(ctx context.Context, seen fleet.Drone, kind string, now
 		return nil
 	})
 	return err == nil
+}
+
+// freeIfEnded frees a drone still bound to a mission that has ended or no
+// longer exists, and reports whether it did.
+func (w *Watchdog) freeIfEnded(ctx context.Context, d fleet.Drone) bool {
+	md, err := w.signal.FetchOrchestrationMetadata(ctx, api.InstanceID(d.MissionID))
+	switch {
+	case errors.Is(err, api.ErrInstanceNotFound):
+	case err != nil:
+		return false
+	case md.IsComplete():
+	default:
+		return false
+	}
+	_, err = w.store.UpdateDrone(ctx, d.ID, func(cur *fleet.Drone) error {
+		if cur.MissionID != d.MissionID {
+			return errNotClaimed
+		}
+		cur.MissionID, cur.Route = "", nil
+		cur.DispatchedAt, cur.Deadline, cur.Delivered = time.Time{}, time.Time{}, false
+		return nil
+	})
+	if err == nil {
+		w.log.Info("freed drone of an ended mission", "drone", d.ID, "mission", d.MissionID)
+	}
+	return true
 }

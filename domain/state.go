@@ -126,7 +126,7 @@ func (t *Tracked) Apply(f Frame) (Verdict, string) {
 	case t.Window.seen(seq):
 		return VerdictDuplicate, fmt.Sprintf("seq %d was already received", seq)
 	case seq <= t.Window.Last-SeqWindowSize:
-		return VerdictStale, fmt.Sprintf("seq %d is more than %d behind the newest seq %d", seq, SeqWindowSize, t.Window.Last)
+		return VerdictStale, fmt.Sprintf("seq %d is %d or more behind the newest seq %d", seq, SeqWindowSize, t.Window.Last)
 	case seq < t.Window.Last:
 		t.Window.mark(seq)
 		return VerdictStale, fmt.Sprintf("seq %d is older than the stored state (seq %d); not applied", seq, t.Window.Last)

@@ -200,7 +200,7 @@ func describeJSONError(err error) string {
 	case errors.As(err, &typ):
 		field := typ.Field
 		if field == "" {
-			return fmt.Sprintf("expected a JSON %s, got %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+			return fmt.Sprintf("expected %s, got %s", jsonKind(typ.Type.String()), typ.Value)
 		}
 		return fmt.Sprintf("field %q: expected %s, got %s", field, jsonKind(typ.Type.String()), typ.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):

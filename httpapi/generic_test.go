@@ -2,7 +2,9 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -162,4 +164,22 @@ func TestGenericInstances(t *testing.T) {
 			t.Errorf("completed at %s, before startAt %s", s.LastUpdatedTime.Format(time.RFC3339Nano), startAt.Format(time.RFC3339Nano))
 		}
 	})
+}
+
+// TestGenericStartRefusesMissions: a mission started on the generic route
+// would skip the request's validation and the worker's settings.
+func TestGenericStartRefusesMissions(t *testing.T) {
+	t.Parallel()
+	w := testkit.Start(t, testkit.Config(t))
+	srv := httptest.NewServer(w.Handler())
+	t.Cleanup(srv.Close)
+	resp, err := http.Post(srv.URL+"/api/orchestrations/DeliveryMission", "application/json", strings.NewReader(`{"request":{}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "POST /api/missions") {
+		t.Fatalf("HTTP %d %s: want 400 pointing to POST /api/missions", resp.StatusCode, body)
+	}
 }

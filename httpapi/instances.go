@@ -124,6 +124,11 @@ func (h *handler) startMission(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) startGeneric(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if name == orchestrations.DeliveryMissionName {
+		// Missions need their request validated and the worker's settings.
+		problem(w, http.StatusBadRequest, "start delivery missions with POST /api/missions")
+		return
+	}
 	body, ok := readBody(w, r, MaxEventBody, false)
 	if !ok {
 		return

@@ -2,6 +2,7 @@ package orchestrations
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -122,6 +123,13 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, fmt.Errorf("decode mission input: %w", err)
 	}
+	// Validate structure only, not the deadline against now: this must give
+	// the same answer on every replay. Starts through the API are fully
+	// validated before they get here; this guards other callers, since a
+	// panic in an orchestrator takes the whole worker down.
+	if r := in.Request; r.Pickup == nil || r.Dropoff == nil || r.Package == nil || r.Deadline.IsZero() {
+		return nil, errors.New("invalid mission input: request needs pickup, dropoff, package and deadline; start missions with POST /api/missions or worker.StartMission")
+	}
 	m := &mission{ctx: ctx, req: in.Request, set: in.Settings.WithDefaults()}
 	if r := in.Resume; r != nil {
 		m.status, m.lastSeq, m.lastTelemetryAt, m.executions = r.Status, r.LastSeq, r.LastTelemetryAt, r.Executions+1
@@ -147,6 +155,7 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 	}
 	m.status.DroneID = res.DroneID
 	m.status.Route = &domain.Route{Home: res.Home, Pickup: *m.req.Pickup, Dropoff: *m.req.Dropoff}
+	m.status.DistanceLeftM = m.status.Route.TotalM()
 	m.undo(StepReleaseDrone, activities.ReleaseDrone)
 	m.enter(domain.PhaseDroneReserved)
 
@@ -335,13 +344,8 @@ func (m *mission) fail(step string, err error) (any, error) {
 func (m *mission) end(p domain.Phase, reason string) (any, error) {
 	m.status.Failure = reason
 	m.enter(p)
-	// Undo inputs carry the reason for the customer notification.
-	for i, st := range m.saga.steps {
-		if st.Name == StepNotifyCustomer {
-			b, _ := json.Marshal(m.ref(reason))
-			m.saga.steps[i].Input = b
-		}
-	}
+	// The customer notification carries the reason.
+	_ = m.saga.Update(StepNotifyCustomer, m.ref(reason))
 	m.status.Compensations = m.saga.Compensate()
 	m.publish()
 	return m.status, nil

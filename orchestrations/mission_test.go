@@ -16,6 +16,7 @@ import (
 	"github.com/dronehub/dronehub/activities"
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/internal/testkit"
+	"github.com/dronehub/dronehub/orchestrations"
 	"github.com/dronehub/dronehub/simulator"
 	"github.com/dronehub/dronehub/worker"
 )
@@ -330,5 +331,85 @@ func TestMissionOutlivesItsWatchdog(t *testing.T) {
 	out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
 	if out.Phase != domain.PhaseCompleted {
 		t.Fatalf("phase %s (%s), want Completed", out.Phase, out.Failure)
+	}
+}
+
+// TestMissionCompletesWithBatchedTelemetry sends frames ten at a time, so a
+// landing and the takeoff after it often share a batch: each meaningful
+// change must still reach the mission.
+func TestMissionCompletesWithBatchedTelemetry(t *testing.T) {
+	t.Parallel()
+	w := testkit.Start(t, testkit.Config(t))
+	ctx := context.Background()
+	id, err := w.StartMission(ctx, testkit.Request("batched"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := testkit.AwaitDispatched(t, w, id)
+	flight := testkit.Flight(t, w, st, simulator.FaultNone, 0)
+	sink := testkit.Sink(t, w)
+	var batch []domain.Frame
+	for {
+		fr, ok := flight.Next()
+		if ok {
+			batch = append(batch, fr)
+		}
+		if len(batch) == 10 || (!ok && len(batch) > 0) {
+			if err := sink.Send(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+			batch = nil
+		}
+		if !ok {
+			break
+		}
+	}
+	out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
+	if out.Phase != domain.PhaseCompleted || len(out.Timeline) != 8 {
+		t.Fatalf("phase %s (%s), timeline %v: want Completed through all 8 phases", out.Phase, out.Failure, phases(out))
+	}
+}
+
+// TestTerminatedMissionFreesItsDrone terminates a mission mid-flight, which
+// runs no compensation: the watchdog must free the drone it held.
+func TestTerminatedMissionFreesItsDrone(t *testing.T) {
+	t.Parallel()
+	cfg := testkit.Config(t)
+	cfg.Mission.Watchdog = time.Second
+	cfg.Heartbeat = 200 * time.Millisecond
+	w := testkit.Start(t, cfg)
+	ctx := context.Background()
+	id, err := w.StartMission(ctx, testkit.Request("terminated"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := testkit.AwaitDispatched(t, w, id)
+	if err := w.Client().TerminateOrchestration(ctx, api.InstanceID(id)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 15*time.Second, "the terminated mission's drone to be freed", func() bool {
+		d, err := w.Fleet().Drone(ctx, st.DroneID)
+		return err == nil && d.MissionID == "" && d.Route == nil
+	})
+}
+
+// TestInvalidMissionInputFailsCleanly starts DeliveryMission around the
+// validation of StartMission: it must fail, not crash the worker.
+func TestInvalidMissionInputFailsCleanly(t *testing.T) {
+	t.Parallel()
+	w := testkit.Start(t, testkit.Config(t))
+	ctx := context.Background()
+	id, err := w.Client().ScheduleNewOrchestration(ctx, orchestrations.DeliveryMissionName, api.WithInput(map[string]any{"request": map[string]any{}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	md, err := w.Client().WaitForOrchestrationCompletion(cctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md.RuntimeStatus != api.RUNTIME_STATUS_FAILED || !strings.Contains(md.FailureDetails.GetErrorMessage(), "invalid mission input") {
+		t.Fatalf("status %v, failure %q: want Failed with invalid mission input", md.RuntimeStatus, md.FailureDetails.GetErrorMessage())
 	}
 }

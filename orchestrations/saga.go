@@ -24,7 +24,8 @@ type SagaStep struct {
 // SagaOptions configures a Saga. The zero value is ready to use.
 type SagaOptions struct {
 	// Retry is the retry policy of each undo activity. Default: 5 attempts,
-	// 1 s first interval, doubling, at most 30 s apart.
+	// 1 s first interval, doubling, at most 30 s apart. A policy without an
+	// InitialRetryInterval gets 1 s.
 	Retry *task.RetryPolicy
 }
 
@@ -66,6 +67,23 @@ func (s *Saga) Add(name, activity string, input any) error {
 	return nil
 }
 
+// Update replaces the input of a registered undo, keeping its place in the
+// order; e.g. to tell a notification why the saga is compensating. It
+// reports an error if no step has that name.
+func (s *Saga) Update(name string, input any) error {
+	raw, err := json.Marshal(input)
+	if err != nil {
+		return fmt.Errorf("saga step %s: encode input: %w", name, err)
+	}
+	for i := len(s.steps) - 1; i >= 0; i-- {
+		if s.steps[i].Name == name {
+			s.steps[i].Input = raw
+			return nil
+		}
+	}
+	return fmt.Errorf("saga has no step %q", name)
+}
+
 // Remove forgets a step's undo, for a step whose effect became final (a
 // delivered package is not rescheduled). It reports whether the step was
 // registered.
@@ -84,7 +102,13 @@ func (s *Saga) Steps() []SagaStep { return append([]SagaStep(nil), s.steps...) }
 
 func (s *Saga) retry() *task.RetryPolicy {
 	if s.opts.Retry != nil {
+		// A copy: durabletask-go writes defaults into the policy it is given.
 		p := *s.opts.Retry
+		// durabletask-go rejects a policy without a first interval, which
+		// would fail every undo without running it.
+		if p.InitialRetryInterval <= 0 {
+			p.InitialRetryInterval = time.Second
+		}
 		return &p
 	}
 	return &task.RetryPolicy{

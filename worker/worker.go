@@ -29,8 +29,8 @@ import (
 )
 
 // Config configures a worker. The zero value runs the embedded default: the
-// SQLite file dronehub.db, a demo fleet of five drones, open HTTP API on
-// loopback.
+// SQLite file dronehub.db, a demo fleet of five drones, and an HTTP API
+// without API keys (Run serves it on the listener it is given).
 type Config struct {
 	// Storage is the connection string (see package backend); "" is the
 	// SQLite file dronehub.db.
