@@ -1,0 +1,80 @@
+package taskhub
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Optional backend capabilities. The worker, HTTP API and CLI check for them
+// with a type assertion and report ErrNotSupported when a backend lacks one.
+
+// ErrDeadLetterNotFound is returned for an unknown dead-letter id.
+var ErrDeadLetterNotFound = errors.New("dead letter not found")
+
+// DeadLetter is a message that failed too often and was set aside.
+type DeadLetter struct {
+	ID           string    `json:"id"`
+	Queue        string    `json:"queue"`
+	InstanceID   string    `json:"instanceId"`
+	EventType    string    `json:"eventType"`
+	Reason       string    `json:"reason"`
+	DequeueCount int       `json:"dequeueCount"`
+	DeadAt       time.Time `json:"deadAt"`
+}
+
+// DeadLetterer is a backend with a dead-letter queue for poison messages.
+type DeadLetterer interface {
+	// DeadLetters lists the dead letters, oldest first.
+	DeadLetters(ctx context.Context) ([]DeadLetter, error)
+	// ReplayDeadLetter puts a dead letter back on its queue with a fresh
+	// dequeue count and removes it from the dead letters.
+	ReplayDeadLetter(ctx context.Context, id string) error
+}
+
+// HubInfo describes a task hub for operators.
+type HubInfo struct {
+	Kind       string `json:"kind"`
+	Name       string `json:"name"`
+	Partitions int    `json:"partitions,omitempty"`
+	// Owners maps partition number to the worker holding its lease.
+	Owners map[int]string `json:"owners,omitempty"`
+	// QueueDepths maps queue name to its approximate message count.
+	QueueDepths map[string]int `json:"queueDepths,omitempty"`
+	// Instances counts instances by runtime status name.
+	Instances   map[string]int `json:"instances"`
+	DeadLetters int            `json:"deadLetters"`
+}
+
+// Inspector is a backend that can describe its hub.
+type Inspector interface {
+	HubInfo(ctx context.Context) (HubInfo, error)
+}
+
+// TelemetryMessage is one batch received from a telemetry queue.
+type TelemetryMessage struct {
+	// Body is the JSON batch as sent ({"frames": [...]}).
+	Body []byte
+	// DequeueCount is how many times the message was received.
+	DequeueCount int
+	// Receipt identifies the message for DeleteTelemetry.
+	Receipt string
+}
+
+// TelemetryQueue is a backend with a queue drones or IoT bridges can drop
+// telemetry batches on (for Azure Storage, "<hub>-telemetry").
+type TelemetryQueue interface {
+	// SendTelemetry enqueues one JSON batch.
+	SendTelemetry(ctx context.Context, body []byte) error
+	// ReceiveTelemetry takes up to max messages, hidden from other receivers
+	// for visibility; an empty result means the queue is empty.
+	ReceiveTelemetry(ctx context.Context, max int, visibility time.Duration) ([]TelemetryMessage, error)
+	// DeleteTelemetry removes a processed message.
+	DeleteTelemetry(ctx context.Context, m TelemetryMessage) error
+}
+
+// RequestCounter is a backend that counts its storage requests by kind
+// (e.g. "queue.dequeue", "table.batch").
+type RequestCounter interface {
+	RequestCounts() map[string]int64
+}
