@@ -43,53 +43,53 @@ func effectKinds(t *testing.T, w *worker.Worker, id string) []string {
 }
 
 func TestMissionCompletes(t *testing.T) {
-	t.Parallel()
-	calls := &testkit.Calls{}
-	cfg := testkit.Config(t)
-	cfg.ActivityMiddleware = calls.Middleware()
-	w := testkit.Start(t, cfg)
-	ctx := context.Background()
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		calls := &testkit.Calls{}
+		cfg.ActivityMiddleware = calls.Middleware()
+		w := testkit.Start(t, cfg)
+		ctx := context.Background()
 
-	id, err := w.StartMission(ctx, testkit.Request("happy"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := testkit.AwaitDispatched(t, w, id)
-	if err := simulator.Fly(ctx, testkit.Sink(t, w), 0, testkit.Flight(t, w, st, simulator.FaultNone, 0)); err != nil {
-		t.Fatal(err)
-	}
-	out, md := testkit.AwaitEnd(t, w, id, 30*time.Second)
-	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
-		t.Fatalf("runtime status %v, want Completed", md.RuntimeStatus)
-	}
-	want := []domain.Phase{domain.PhaseCreated, domain.PhaseDroneReserved, domain.PhaseHeadedToPickup, domain.PhasePickedUp,
-		domain.PhaseHeadedToDropoff, domain.PhaseDelivered, domain.PhaseReturning, domain.PhaseCompleted}
-	if got := phases(out); !slices.Equal(got, want) {
-		t.Fatalf("phases %v, want %v", got, want)
-	}
-	if out.ProgressPct != 100 || out.DistanceLeftM != 0 || len(out.Compensations) != 0 || out.Failure != "" {
-		t.Errorf("final status %+v: want 100%% progress, nothing left, no compensation", out)
-	}
-	if out.Battery == nil || *out.Battery >= 1 || out.LastPosition == nil || out.ETA == nil {
-		t.Errorf("final status lacks battery, position or ETA: %+v", out)
-	}
-	wantEffects := []string{activities.EffectAccepted, activities.EffectReserved, activities.EffectDispatched,
-		activities.EffectPickedUp, activities.EffectDelivered, activities.EffectCompleted}
-	if got := effectKinds(t, w, id); !slices.Equal(got, wantEffects) {
-		t.Errorf("effects %v, want %v", got, wantEffects)
-	}
-	for _, a := range []string{activities.ReserveDrone, activities.ConfirmPickup, activities.ConfirmDelivery, activities.CompleteMission} {
-		if n := calls.Count(a, id); n != 1 {
-			t.Errorf("%s ran %d times, want 1", a, n)
+		id, err := w.StartMission(ctx, testkit.Request("happy"))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	d, err := w.Fleet().Drone(ctx, out.DroneID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.MissionID != "" || d.Route != nil {
-		t.Errorf("drone %s still bound to %q after completion", d.ID, d.MissionID)
-	}
+		st := testkit.AwaitDispatched(t, w, id)
+		if err := simulator.Fly(ctx, testkit.Sink(t, w), 0, testkit.Flight(t, w, st, simulator.FaultNone, 0)); err != nil {
+			t.Fatal(err)
+		}
+		out, md := testkit.AwaitEnd(t, w, id, 30*time.Second)
+		if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+			t.Fatalf("runtime status %v, want Completed", md.RuntimeStatus)
+		}
+		want := []domain.Phase{domain.PhaseCreated, domain.PhaseDroneReserved, domain.PhaseHeadedToPickup, domain.PhasePickedUp,
+			domain.PhaseHeadedToDropoff, domain.PhaseDelivered, domain.PhaseReturning, domain.PhaseCompleted}
+		if got := phases(out); !slices.Equal(got, want) {
+			t.Fatalf("phases %v, want %v", got, want)
+		}
+		if out.ProgressPct != 100 || out.DistanceLeftM != 0 || len(out.Compensations) != 0 || out.Failure != "" {
+			t.Errorf("final status %+v: want 100%% progress, nothing left, no compensation", out)
+		}
+		if out.Battery == nil || *out.Battery >= 1 || out.LastPosition == nil || out.ETA == nil {
+			t.Errorf("final status lacks battery, position or ETA: %+v", out)
+		}
+		wantEffects := []string{activities.EffectAccepted, activities.EffectReserved, activities.EffectDispatched,
+			activities.EffectPickedUp, activities.EffectDelivered, activities.EffectCompleted}
+		if got := effectKinds(t, w, id); !slices.Equal(got, wantEffects) {
+			t.Errorf("effects %v, want %v", got, wantEffects)
+		}
+		for _, a := range []string{activities.ReserveDrone, activities.ConfirmPickup, activities.ConfirmDelivery, activities.CompleteMission} {
+			if n := calls.Count(a, id); n != 1 {
+				t.Errorf("%s ran %d times, want 1", a, n)
+			}
+		}
+		d, err := w.Fleet().Drone(ctx, out.DroneID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.MissionID != "" || d.Route != nil {
+			t.Errorf("drone %s still bound to %q after completion", d.ID, d.MissionID)
+		}
+	})
 }
 
 // failureCase is one way a mission can fail, and what compensation must run.
@@ -106,202 +106,202 @@ type failureCase struct {
 }
 
 func TestMissionFailuresCompensate(t *testing.T) {
-	t.Parallel()
-	early := []string{"recall-drone", "release-drone", "notify-customer"}
-	afterPickup := append([]string{"reschedule-package"}, early...)
-	cases := []failureCase{
-		{name: "fault-before-pickup", fault: simulator.FaultHealth, at: 0.1, wantPhase: domain.PhaseFailed, wantFailure: "fault: gyrometer", wantUndo: early},
-		{name: "fault-after-pickup", fault: simulator.FaultHealth, at: 0.45, wantPhase: domain.PhaseFailed, wantFailure: "fault: gyrometer", wantUndo: afterPickup},
-		{name: "low-battery", fault: simulator.FaultLowBattery, at: 0.1, wantPhase: domain.PhaseFailed, wantFailure: "below the 20% floor", wantUndo: early},
-		{name: "drone-lost", fault: simulator.FaultSilence, at: 0.45, wantPhase: domain.PhaseFailed, wantFailure: "lost: no telemetry", wantUndo: afterPickup},
-		{name: "deadline", deadline: 1500 * time.Millisecond, wantPhase: domain.PhaseFailed, wantFailure: "deadline", wantUndo: early},
-		{name: "activity-fails", failActivity: activities.ConfirmPickup, wantPhase: domain.PhaseFailed, wantFailure: "confirm pickup failed", wantUndo: early},
-		{name: "operator-cancel", cancel: true, wantPhase: domain.PhaseCancelled, wantFailure: "customer changed plans", wantUndo: early},
-	}
-	calls := &testkit.Calls{Fail: func(activity, missionID string) error {
-		if activity == activities.ConfirmPickup && missionID == "activity-fails" {
-			return errors.New("injected: pickup scanner offline")
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		early := []string{"recall-drone", "release-drone", "notify-customer"}
+		afterPickup := append([]string{"reschedule-package"}, early...)
+		cases := []failureCase{
+			{name: "fault-before-pickup", fault: simulator.FaultHealth, at: 0.1, wantPhase: domain.PhaseFailed, wantFailure: "fault: gyrometer", wantUndo: early},
+			{name: "fault-after-pickup", fault: simulator.FaultHealth, at: 0.45, wantPhase: domain.PhaseFailed, wantFailure: "fault: gyrometer", wantUndo: afterPickup},
+			{name: "low-battery", fault: simulator.FaultLowBattery, at: 0.1, wantPhase: domain.PhaseFailed, wantFailure: "below the 20% floor", wantUndo: early},
+			{name: "drone-lost", fault: simulator.FaultSilence, at: 0.45, wantPhase: domain.PhaseFailed, wantFailure: "lost: no telemetry", wantUndo: afterPickup},
+			{name: "deadline", deadline: 1500 * time.Millisecond, wantPhase: domain.PhaseFailed, wantFailure: "deadline", wantUndo: early},
+			{name: "activity-fails", failActivity: activities.ConfirmPickup, wantPhase: domain.PhaseFailed, wantFailure: "confirm pickup failed", wantUndo: early},
+			{name: "operator-cancel", cancel: true, wantPhase: domain.PhaseCancelled, wantFailure: "customer changed plans", wantUndo: early},
 		}
-		return nil
-	}}
-	cfg := testkit.Config(t)
-	cfg.SeedDrones = len(cases)
-	cfg.ActivityMiddleware = calls.Middleware()
-	w := testkit.Start(t, cfg)
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			ctx := context.Background()
-			req := testkit.Request(tc.name)
-			if tc.deadline > 0 {
-				req.Deadline = time.Now().Add(tc.deadline)
+		calls := &testkit.Calls{Fail: func(activity, missionID string) error {
+			if activity == activities.ConfirmPickup && missionID == "activity-fails" {
+				return errors.New("injected: pickup scanner offline")
 			}
-			id, err := w.StartMission(ctx, req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st := testkit.AwaitDispatched(t, w, id)
-			switch {
-			case tc.cancel:
-				payload, _ := json.Marshal(domain.Signal{Kind: domain.SignalCancel, Reason: "customer changed plans"})
-				if err := w.Client().RaiseEvent(ctx, api.InstanceID(id), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+			return nil
+		}}
+		cfg.SeedDrones = len(cases)
+		cfg.ActivityMiddleware = calls.Middleware()
+		w := testkit.Start(t, cfg)
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				ctx := context.Background()
+				req := testkit.Request(tc.name)
+				if tc.deadline > 0 {
+					req.Deadline = time.Now().Add(tc.deadline)
+				}
+				id, err := w.StartMission(ctx, req)
+				if err != nil {
 					t.Fatal(err)
 				}
-			case tc.deadline > 0:
-				// No telemetry: the deadline passes before the watchdog.
-			default:
-				if err := simulator.Fly(ctx, testkit.Sink(t, w), 0, testkit.Flight(t, w, st, tc.fault, tc.at)); err != nil {
+				st := testkit.AwaitDispatched(t, w, id)
+				switch {
+				case tc.cancel:
+					payload, _ := json.Marshal(domain.Signal{Kind: domain.SignalCancel, Reason: "customer changed plans"})
+					if err := w.Client().RaiseEvent(ctx, api.InstanceID(id), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+						t.Fatal(err)
+					}
+				case tc.deadline > 0:
+					// No telemetry: the deadline passes before the watchdog.
+				default:
+					if err := simulator.Fly(ctx, testkit.Sink(t, w), 0, testkit.Flight(t, w, st, tc.fault, tc.at)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				out, md := testkit.AwaitEnd(t, w, id, 30*time.Second)
+				if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+					t.Fatalf("runtime status %v, want Completed (the outcome is in output.phase)", md.RuntimeStatus)
+				}
+				if out.Phase != tc.wantPhase || !strings.Contains(out.Failure, tc.wantFailure) {
+					t.Fatalf("phase %s failure %q, want %s containing %q; status %+v", out.Phase, out.Failure, tc.wantPhase, tc.wantFailure, out)
+				}
+				var steps []string
+				for _, c := range out.Compensations {
+					steps = append(steps, c.Step)
+					if c.Status != "compensated" {
+						t.Errorf("compensation %s: %s %s", c.Step, c.Status, c.Error)
+					}
+				}
+				if !slices.Equal(steps, tc.wantUndo) {
+					t.Fatalf("compensations %v, want %v", steps, tc.wantUndo)
+				}
+				undoActivity := map[string]string{
+					"reschedule-package": activities.ReschedulePackage, "recall-drone": activities.RecallDrone,
+					"release-drone": activities.ReleaseDrone, "notify-customer": activities.NotifyCustomer,
+				}
+				for _, s := range tc.wantUndo {
+					if n := calls.Count(undoActivity[s], id); n != 1 {
+						t.Errorf("%s ran %d times, want exactly 1", undoActivity[s], n)
+					}
+				}
+				// The recorded side effects show the undos ran in reverse order.
+				undoEffect := map[string]string{
+					"reschedule-package": activities.EffectRescheduled, "recall-drone": activities.EffectRecalled,
+					"release-drone": activities.EffectReleased, "notify-customer": activities.EffectCustomerNotified,
+				}
+				var want []string
+				for _, s := range tc.wantUndo {
+					want = append(want, undoEffect[s])
+				}
+				kinds := effectKinds(t, w, id)
+				if got := kinds[len(kinds)-len(want):]; !slices.Equal(got, want) {
+					t.Errorf("last effects %v, want %v", got, want)
+				}
+				d, err := w.Fleet().Drone(ctx, st.DroneID)
+				if err != nil {
 					t.Fatal(err)
 				}
-			}
-			out, md := testkit.AwaitEnd(t, w, id, 30*time.Second)
-			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
-				t.Fatalf("runtime status %v, want Completed (the outcome is in output.phase)", md.RuntimeStatus)
-			}
-			if out.Phase != tc.wantPhase || !strings.Contains(out.Failure, tc.wantFailure) {
-				t.Fatalf("phase %s failure %q, want %s containing %q; status %+v", out.Phase, out.Failure, tc.wantPhase, tc.wantFailure, out)
-			}
-			var steps []string
-			for _, c := range out.Compensations {
-				steps = append(steps, c.Step)
-				if c.Status != "compensated" {
-					t.Errorf("compensation %s: %s %s", c.Step, c.Status, c.Error)
+				if d.MissionID == id {
+					t.Errorf("drone %s still reserved by %s after compensation", d.ID, id)
 				}
-			}
-			if !slices.Equal(steps, tc.wantUndo) {
-				t.Fatalf("compensations %v, want %v", steps, tc.wantUndo)
-			}
-			undoActivity := map[string]string{
-				"reschedule-package": activities.ReschedulePackage, "recall-drone": activities.RecallDrone,
-				"release-drone": activities.ReleaseDrone, "notify-customer": activities.NotifyCustomer,
-			}
-			for _, s := range tc.wantUndo {
-				if n := calls.Count(undoActivity[s], id); n != 1 {
-					t.Errorf("%s ran %d times, want exactly 1", undoActivity[s], n)
-				}
-			}
-			// The recorded side effects show the undos ran in reverse order.
-			undoEffect := map[string]string{
-				"reschedule-package": activities.EffectRescheduled, "recall-drone": activities.EffectRecalled,
-				"release-drone": activities.EffectReleased, "notify-customer": activities.EffectCustomerNotified,
-			}
-			var want []string
-			for _, s := range tc.wantUndo {
-				want = append(want, undoEffect[s])
-			}
-			kinds := effectKinds(t, w, id)
-			if got := kinds[len(kinds)-len(want):]; !slices.Equal(got, want) {
-				t.Errorf("last effects %v, want %v", got, want)
-			}
-			d, err := w.Fleet().Drone(ctx, st.DroneID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d.MissionID == id {
-				t.Errorf("drone %s still reserved by %s after compensation", d.ID, id)
-			}
-		})
-	}
+			})
+		}
+	})
 }
 
 func TestMissionSurvivesWorkerRestart(t *testing.T) {
-	t.Parallel()
-	cfg := testkit.Config(t)
-	ctx := context.Background()
-	w1 := testkit.Start(t, cfg)
-	id, err := w1.StartMission(ctx, testkit.Request("restart"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := testkit.AwaitDispatched(t, w1, id)
-	flight := testkit.Flight(t, w1, st, simulator.FaultNone, 0)
-	// Fly until the drone takes off from the pickup, then stop the worker
-	// mid-mission.
-	sink := testkit.Sink(t, w1)
-	landings := 0
-	for {
-		fr, ok := flight.Next()
-		if !ok {
-			t.Fatal("flight ended before pickup")
-		}
-		if err := sink.Send(ctx, []domain.Frame{fr}); err != nil {
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		ctx := context.Background()
+		w1 := testkit.Start(t, cfg)
+		id, err := w1.StartMission(ctx, testkit.Request("restart"))
+		if err != nil {
 			t.Fatal(err)
 		}
-		if fr.FlightMode != nil && *fr.FlightMode == domain.ModeLanding {
-			landings++
+		st := testkit.AwaitDispatched(t, w1, id)
+		flight := testkit.Flight(t, w1, st, simulator.FaultNone, 0)
+		// Fly until the drone takes off from the pickup, then stop the worker
+		// mid-mission.
+		sink := testkit.Sink(t, w1)
+		landings := 0
+		for {
+			fr, ok := flight.Next()
+			if !ok {
+				t.Fatal("flight ended before pickup")
+			}
+			if err := sink.Send(ctx, []domain.Frame{fr}); err != nil {
+				t.Fatal(err)
+			}
+			if fr.FlightMode != nil && *fr.FlightMode == domain.ModeLanding {
+				landings++
+			}
+			if landings == 1 && fr.FlightMode != nil && *fr.FlightMode == domain.ModeTakeoff {
+				break
+			}
 		}
-		if landings == 1 && fr.FlightMode != nil && *fr.FlightMode == domain.ModeTakeoff {
-			break
-		}
-	}
-	testkit.Eventually(t, 15*time.Second, "the mission to head to the drop-off", func() bool {
-		return testkit.Status(t, testkit.Metadata(t, w1, id).SerializedCustomStatus).Phase == domain.PhaseHeadedToDropoff
-	})
-	testkit.Stop(t, w1)
+		testkit.Eventually(t, 15*time.Second, "the mission to head to the drop-off", func() bool {
+			return testkit.Status(t, testkit.Metadata(t, w1, id).SerializedCustomStatus).Phase == domain.PhaseHeadedToDropoff
+		})
+		testkit.Stop(t, w1)
 
-	w2 := testkit.Start(t, cfg)
-	if err := simulator.Fly(ctx, testkit.Sink(t, w2), 0, flight); err != nil {
-		t.Fatal(err)
-	}
-	out, _ := testkit.AwaitEnd(t, w2, id, 30*time.Second)
-	if out.Phase != domain.PhaseCompleted {
-		t.Fatalf("phase %s (%s), want Completed after restart", out.Phase, out.Failure)
-	}
-	if kinds := effectKinds(t, w2, id); slices.Contains(kinds, activities.EffectRescheduled) || len(kinds) != 6 {
-		t.Errorf("effects after restart %v: want each step once", kinds)
-	}
+		w2 := testkit.Start(t, cfg)
+		if err := simulator.Fly(ctx, testkit.Sink(t, w2), 0, flight); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := testkit.AwaitEnd(t, w2, id, 30*time.Second)
+		if out.Phase != domain.PhaseCompleted {
+			t.Fatalf("phase %s (%s), want Completed after restart", out.Phase, out.Failure)
+		}
+		if kinds := effectKinds(t, w2, id); slices.Contains(kinds, activities.EffectRescheduled) || len(kinds) != 6 {
+			t.Errorf("effects after restart %v: want each step once", kinds)
+		}
+	})
 }
 
 // TestMissionHistoryStaysBounded flies a long mission whose drone signals on
 // every frame and checks no execution's history passes 1,000 events.
 func TestMissionHistoryStaysBounded(t *testing.T) {
-	t.Parallel()
-	cfg := testkit.Config(t)
-	cfg.Heartbeat = time.Nanosecond // every accepted frame is a signal
-	w := testkit.Start(t, cfg)
-	ctx := context.Background()
-	req := testkit.Request("long-flight")
-	far := domain.LatLon{Lat: req.Pickup.Lat + 0.03, Lon: req.Pickup.Lon} // ~3.3 km legs
-	req.Dropoff = &far
-	id, err := w.StartMission(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := testkit.AwaitDispatched(t, w, id)
-	flight := simulator.NewFlight(simulator.FlightOptions{DroneID: st.DroneID, Route: *st.Route, SpeedMps: 15, KeyFrameEvery: 20})
-	sink := testkit.Sink(t, w)
-	maxHistory, frames := 0, 0
-	for {
-		fr, ok := flight.Next()
-		if !ok {
-			break
-		}
-		if err := sink.Send(ctx, []domain.Frame{fr}); err != nil {
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		cfg.Heartbeat = time.Nanosecond // every accepted frame is a signal
+		w := testkit.Start(t, cfg)
+		ctx := context.Background()
+		req := testkit.Request("long-flight")
+		far := domain.LatLon{Lat: req.Pickup.Lat + 0.03, Lon: req.Pickup.Lon} // ~3.3 km legs
+		req.Dropoff = &far
+		id, err := w.StartMission(ctx, req)
+		if err != nil {
 			t.Fatal(err)
 		}
-		frames++
-		if frames%50 == 0 {
-			state, err := w.Backend().GetOrchestrationRuntimeState(ctx, &dtbackend.OrchestrationWorkItem{InstanceID: api.InstanceID(id)})
-			if err != nil {
+		st := testkit.AwaitDispatched(t, w, id)
+		flight := simulator.NewFlight(simulator.FlightOptions{DroneID: st.DroneID, Route: *st.Route, SpeedMps: 15, KeyFrameEvery: 20})
+		sink := testkit.Sink(t, w)
+		maxHistory, frames := 0, 0
+		for {
+			fr, ok := flight.Next()
+			if !ok {
+				break
+			}
+			if err := sink.Send(ctx, []domain.Frame{fr}); err != nil {
 				t.Fatal(err)
 			}
-			maxHistory = max(maxHistory, len(state.OldEvents()))
+			frames++
+			if frames%50 == 0 {
+				state, err := w.Backend().GetOrchestrationRuntimeState(ctx, &dtbackend.OrchestrationWorkItem{InstanceID: api.InstanceID(id)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				maxHistory = max(maxHistory, len(state.OldEvents()))
+			}
 		}
-	}
-	out, _ := testkit.AwaitEnd(t, w, id, 60*time.Second)
-	if out.Phase != domain.PhaseCompleted {
-		t.Fatalf("phase %s (%s), want Completed", out.Phase, out.Failure)
-	}
-	if frames < 500 {
-		t.Fatalf("only %d frames: the flight is too short to test the bound", frames)
-	}
-	if maxHistory > 1000 || maxHistory == 0 {
-		t.Fatalf("largest history seen %d events over %d frames, want 1-1000", maxHistory, frames)
-	}
-	t.Logf("%d frames, largest history %d events", frames, maxHistory)
-	if got := fmt.Sprint(phases(out)); !strings.HasSuffix(got, "Returning Completed]") {
-		t.Errorf("timeline %s lost phases across continue-as-new", got)
-	}
+		out, _ := testkit.AwaitEnd(t, w, id, 60*time.Second)
+		if out.Phase != domain.PhaseCompleted {
+			t.Fatalf("phase %s (%s), want Completed", out.Phase, out.Failure)
+		}
+		if frames < 500 {
+			t.Fatalf("only %d frames: the flight is too short to test the bound", frames)
+		}
+		if maxHistory > 1000 || maxHistory == 0 {
+			t.Fatalf("largest history seen %d events over %d frames, want 1-1000", maxHistory, frames)
+		}
+		t.Logf("%d frames, largest history %d events", frames, maxHistory)
+		if got := fmt.Sprint(phases(out)); !strings.HasSuffix(got, "Returning Completed]") {
+			t.Errorf("timeline %s lost phases across continue-as-new", got)
+		}
+	})
 }
 
 // TestMissionOutlivesItsWatchdog flies in real time for several watchdog
@@ -309,87 +309,88 @@ func TestMissionHistoryStaysBounded(t *testing.T) {
 // be declared lost. (Waits with a timeout in durabletask-go v0.6.0 broke
 // exactly this; see the fly method.)
 func TestMissionOutlivesItsWatchdog(t *testing.T) {
-	t.Parallel()
-	cfg := testkit.Config(t)
-	cfg.Mission.Watchdog = time.Second
-	cfg.Heartbeat = 200 * time.Millisecond
-	w := testkit.Start(t, cfg)
-	ctx := context.Background()
-	id, err := w.StartMission(ctx, testkit.Request("paced"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := testkit.AwaitDispatched(t, w, id)
-	flight := testkit.Flight(t, w, st, simulator.FaultNone, 0)
-	start := time.Now()
-	if err := simulator.Fly(ctx, testkit.Sink(t, w), 50*time.Millisecond, flight); err != nil {
-		t.Fatal(err)
-	}
-	if flown := time.Since(start); flown < 3*cfg.Mission.Watchdog {
-		t.Fatalf("flight took %s; it must outlast the %s watchdog several times to test anything", flown, cfg.Mission.Watchdog)
-	}
-	out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
-	if out.Phase != domain.PhaseCompleted {
-		t.Fatalf("phase %s (%s), want Completed", out.Phase, out.Failure)
-	}
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		cfg.Mission.Watchdog = time.Second
+		cfg.Heartbeat = 200 * time.Millisecond
+		w := testkit.Start(t, cfg)
+		ctx := context.Background()
+		id, err := w.StartMission(ctx, testkit.Request("paced"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := testkit.AwaitDispatched(t, w, id)
+		flight := testkit.Flight(t, w, st, simulator.FaultNone, 0)
+		start := time.Now()
+		if err := simulator.Fly(ctx, testkit.Sink(t, w), 50*time.Millisecond, flight); err != nil {
+			t.Fatal(err)
+		}
+		if flown := time.Since(start); flown < 3*cfg.Mission.Watchdog {
+			t.Fatalf("flight took %s; it must outlast the %s watchdog several times to test anything", flown, cfg.Mission.Watchdog)
+		}
+		out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
+		if out.Phase != domain.PhaseCompleted {
+			t.Fatalf("phase %s (%s), want Completed", out.Phase, out.Failure)
+		}
+	})
 }
 
 // TestMissionCompletesWithBatchedTelemetry sends frames ten at a time, so a
 // landing and the takeoff after it often share a batch: each meaningful
 // change must still reach the mission.
 func TestMissionCompletesWithBatchedTelemetry(t *testing.T) {
-	t.Parallel()
-	w := testkit.Start(t, testkit.Config(t))
-	ctx := context.Background()
-	id, err := w.StartMission(ctx, testkit.Request("batched"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := testkit.AwaitDispatched(t, w, id)
-	flight := testkit.Flight(t, w, st, simulator.FaultNone, 0)
-	sink := testkit.Sink(t, w)
-	var batch []domain.Frame
-	for {
-		fr, ok := flight.Next()
-		if ok {
-			batch = append(batch, fr)
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		w := testkit.Start(t, cfg)
+		ctx := context.Background()
+		id, err := w.StartMission(ctx, testkit.Request("batched"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		if len(batch) == 10 || (!ok && len(batch) > 0) {
-			if err := sink.Send(ctx, batch); err != nil {
-				t.Fatal(err)
+		st := testkit.AwaitDispatched(t, w, id)
+		flight := testkit.Flight(t, w, st, simulator.FaultNone, 0)
+		sink := testkit.Sink(t, w)
+		var batch []domain.Frame
+		for {
+			fr, ok := flight.Next()
+			if ok {
+				batch = append(batch, fr)
 			}
-			batch = nil
+			if len(batch) == 10 || (!ok && len(batch) > 0) {
+				if err := sink.Send(ctx, batch); err != nil {
+					t.Fatal(err)
+				}
+				batch = nil
+			}
+			if !ok {
+				break
+			}
 		}
-		if !ok {
-			break
+		out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
+		if out.Phase != domain.PhaseCompleted || len(out.Timeline) != 8 {
+			t.Fatalf("phase %s (%s), timeline %v: want Completed through all 8 phases", out.Phase, out.Failure, phases(out))
 		}
-	}
-	out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
-	if out.Phase != domain.PhaseCompleted || len(out.Timeline) != 8 {
-		t.Fatalf("phase %s (%s), timeline %v: want Completed through all 8 phases", out.Phase, out.Failure, phases(out))
-	}
+	})
 }
 
 // TestTerminatedMissionFreesItsDrone terminates a mission mid-flight, which
 // runs no compensation: the watchdog must free the drone it held.
 func TestTerminatedMissionFreesItsDrone(t *testing.T) {
-	t.Parallel()
-	cfg := testkit.Config(t)
-	cfg.Mission.Watchdog = time.Second
-	cfg.Heartbeat = 200 * time.Millisecond
-	w := testkit.Start(t, cfg)
-	ctx := context.Background()
-	id, err := w.StartMission(ctx, testkit.Request("terminated"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := testkit.AwaitDispatched(t, w, id)
-	if err := w.Client().TerminateOrchestration(ctx, api.InstanceID(id)); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 15*time.Second, "the terminated mission's drone to be freed", func() bool {
-		d, err := w.Fleet().Drone(ctx, st.DroneID)
-		return err == nil && d.MissionID == "" && d.Route == nil
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		cfg.Mission.Watchdog = time.Second
+		cfg.Heartbeat = 200 * time.Millisecond
+		w := testkit.Start(t, cfg)
+		ctx := context.Background()
+		id, err := w.StartMission(ctx, testkit.Request("terminated"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := testkit.AwaitDispatched(t, w, id)
+		if err := w.Client().TerminateOrchestration(ctx, api.InstanceID(id)); err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, 15*time.Second, "the terminated mission's drone to be freed", func() bool {
+			d, err := w.Fleet().Drone(ctx, st.DroneID)
+			return err == nil && d.MissionID == "" && d.Route == nil
+		})
 	})
 }
 

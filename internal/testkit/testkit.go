@@ -4,6 +4,8 @@ package testkit
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/dronehub/dronehub/activities"
 	"github.com/dronehub/dronehub/domain"
+	"github.com/dronehub/dronehub/internal/azurite"
 	"github.com/dronehub/dronehub/orchestrations"
 	"github.com/dronehub/dronehub/simulator"
 	"github.com/dronehub/dronehub/worker"
@@ -214,4 +217,28 @@ func (c *Calls) Count(activity, mission string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n[[2]string{activity, mission}]
+}
+
+// EachBackend runs f as parallel subtests "sqlite" and "azurestorage", each
+// with a worker config on that backend: a fresh SQLite file, or a fresh hub
+// on the test binary's shared Azurite.
+func EachBackend(t *testing.T, azr *azurite.Shared, f func(t *testing.T, cfg worker.Config)) {
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		f(t, Config(t))
+	})
+	t.Run("azurestorage", func(t *testing.T) {
+		t.Parallel()
+		cfg := Config(t)
+		cfg.Storage = azr.Get(t).ConnectionString()
+		cfg.HubName = HubName()
+		f(t, cfg)
+	})
+}
+
+// HubName returns a fresh task hub name, so tests sharing storage never meet.
+func HubName() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "t" + hex.EncodeToString(b)
 }
