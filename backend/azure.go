@@ -17,6 +17,7 @@ func openAzure(ctx context.Context, conn string, opts Options) (*Hub, error) {
 		ConnectionString: conn,
 		HubName:          opts.HubName,
 		LockTimeout:      opts.LockTimeout,
+		Partitions:       opts.Partitions,
 		Logger:           opts.Logger,
 	})
 	if err != nil {

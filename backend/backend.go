@@ -40,6 +40,10 @@ type Options struct {
 	HubName string
 	// LockTimeout is how long a fetched work item stays locked to its worker.
 	LockTimeout time.Duration
+	// Partitions is the number of control-queue partitions of an Azure
+	// Storage hub (1-16, default 4), fixed when the hub is created. Ignored
+	// by SQLite.
+	Partitions int
 	// Logger receives backend logs; default slog.Default().
 	Logger *slog.Logger
 }

@@ -95,11 +95,20 @@ func NewHandler(opts Options) http.Handler {
 	h.route("POST /api/drones", h.addDrone)
 	h.route("GET /api/drones/{id}/status", h.droneStatus)
 	h.route("GET /api/fleet", h.fleetSummary)
+	h.route("GET /api/hub", h.hubInfo)
+	h.route("GET /api/deadletters", h.deadLetters)
+	h.route("POST /api/deadletters/{id}/replay", h.replayDeadLetter)
 	h.route("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	h.route("GET /readyz", h.readyz)
-	h.route("GET /metrics", h.metrics.serve)
+	h.route("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		var counts map[string]int64
+		if rc, ok := opts.Backend.(taskhub.RequestCounter); ok {
+			counts = rc.RequestCounts()
+		}
+		h.metrics.serve(w, counts)
+	})
 	return h
 }
 

@@ -70,7 +70,9 @@ func (m *metrics) countFrames(r activities.IngestResult) {
 	m.frames[3].Add(uint64(r.Rejected))
 }
 
-func (m *metrics) serve(w http.ResponseWriter, _ *http.Request) {
+// serve writes the metrics; storage holds the backend's request counts by
+// kind, or nil when the backend does not count them.
+func (m *metrics) serve(w http.ResponseWriter, storage map[string]int64) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	m.mu.Lock()
 	keys := make([][2]string, 0, len(m.requests))
@@ -107,5 +109,17 @@ func (m *metrics) serve(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "# TYPE dronehub_telemetry_frames_total counter")
 	for i, v := range []string{"accepted", "duplicate", "stale", "rejected"} {
 		fmt.Fprintf(w, "dronehub_telemetry_frames_total{verdict=%q} %d\n", v, m.frames[i].Load())
+	}
+	if storage != nil {
+		kinds := make([]string, 0, len(storage))
+		for k := range storage {
+			kinds = append(kinds, k)
+		}
+		sort.Strings(kinds)
+		fmt.Fprintln(w, "# HELP dronehub_storage_requests_total Storage requests by operation kind, retries included (each is billed).")
+		fmt.Fprintln(w, "# TYPE dronehub_storage_requests_total counter")
+		for _, k := range kinds {
+			fmt.Fprintf(w, "dronehub_storage_requests_total{kind=%q} %d\n", k, storage[k])
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,9 @@ type Config struct {
 	// LockTimeout is how long a fetched work item stays locked to this
 	// worker; a crashed worker's work moves on after it. Default 2 minutes.
 	LockTimeout time.Duration
+	// Partitions is the control-queue partition count of a new Azure Storage
+	// hub (1-16, default 4); an existing hub keeps its own.
+	Partitions int
 	// Mission holds the mission timeouts and thresholds.
 	Mission orchestrations.MissionSettings
 	// Heartbeat is the longest gap between telemetry signals to a mission
@@ -123,8 +127,8 @@ type Worker struct {
 	runner   *taskhub.Runner
 	ingestor *activities.Ingestor
 	watchdog *activities.Watchdog
-	stopDog  context.CancelFunc
-	dogDone  chan struct{}
+	stopBG   context.CancelFunc
+	bg       sync.WaitGroup
 	handler  http.Handler
 	log      *slog.Logger
 	started  atomic.Bool
@@ -137,7 +141,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Logger: cfg.Logger})
+	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Partitions: cfg.Partitions, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -224,9 +228,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.runner.Start(ctx); err != nil {
 		return fmt.Errorf("start task hub worker: %w", err)
 	}
-	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	w.stopDog, w.dogDone = cancel, make(chan struct{})
-	go func() { defer close(w.dogDone); w.watchdog.Run(dctx) }()
+	// Background loops outlive ctx's caller: Shutdown stops them.
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.stopBG = cancel
+	for _, loop := range []func(context.Context){w.watchdog.Run, w.drainTelemetry, w.logStorageRequests} {
+		w.bg.Add(1)
+		go func() { defer w.bg.Done(); loop(bctx) }()
+	}
 	w.started.Store(true)
 	w.log.Info("worker started", "storage", w.hub.Description, "hub", w.cfg.HubName)
 	return nil
@@ -237,8 +245,8 @@ func (w *Worker) Start(ctx context.Context) error {
 func (w *Worker) Shutdown(ctx context.Context) error {
 	var err error
 	if w.started.Swap(false) {
-		w.stopDog()
-		<-w.dogDone
+		w.stopBG()
+		w.bg.Wait()
 		err = w.runner.Shutdown(ctx)
 	}
 	return errors.Join(err, w.hub.Close())

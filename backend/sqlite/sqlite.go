@@ -462,3 +462,38 @@ func parseTime(s string) (time.Time, bool) {
 	}
 	return time.Time{}, false
 }
+
+var _ taskhub.Inspector = (*Backend)(nil)
+
+// HubInfo implements taskhub.Inspector: instance counts by status. SQLite
+// has one implicit partition and no dead-letter queue.
+func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
+	info := taskhub.HubInfo{Kind: "sqlite", Name: b.opts.Path, Instances: map[string]int{}}
+	rows, err := b.db.QueryContext(ctx, `SELECT RuntimeStatus, COUNT(*) FROM Instances GROUP BY RuntimeStatus`)
+	if err != nil {
+		return info, fmt.Errorf("sqlite: hub info: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var status string
+		var n int
+		if err := rows.Scan(&status, &n); err != nil {
+			return info, fmt.Errorf("sqlite: hub info: %w", err)
+		}
+		if st, err := taskhub.ParseStatus(status); err == nil {
+			status = taskhub.StatusName(st)
+		}
+		info.Instances[status] += n
+	}
+	if err := rows.Err(); err != nil {
+		return info, fmt.Errorf("sqlite: hub info: %w", err)
+	}
+	var pending int
+	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM NewEvents`).Scan(&pending); err == nil {
+		info.QueueDepths = map[string]int{"NewEvents": pending}
+	}
+	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM NewTasks`).Scan(&pending); err == nil {
+		info.QueueDepths["NewTasks"] = pending
+	}
+	return info, nil
+}

@@ -38,6 +38,8 @@ Usage:
   dronehub mission   start|status|list|raise|cancel|terminate|suspend|resume|purge
   dronehub drone     add|list|status
   dronehub simulate  [flags]   fly simulated drones and post their telemetry
+  dronehub hub       create|info|delete   administer a task hub in storage
+  dronehub deadletter list|replay          poison messages set aside by the task hub
 
 Client commands talk to the HTTP API at --url (DRONEHUB_URL, default http://127.0.0.1:8080)
 with --api-key (DRONEHUB_API_KEY); add --json for machine-readable output.
@@ -61,6 +63,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, env Env)
 		err = app.drone(ctx, args[1:])
 	case "simulate":
 		err = app.simulate(ctx, args[1:])
+	case "hub":
+		err = app.hub(ctx, args[1:])
+	case "deadletter", "deadletters":
+		err = app.deadLetter(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -128,7 +134,7 @@ func (a *App) parse(fs *flag.FlagSet, args []string) error {
 type workerFlags struct {
 	listen, storage, hub, apiKeys, logLevel, logFormat string
 	insecure                                           bool
-	orchConc, actConc, seedDrones                      int
+	orchConc, actConc, seedDrones, partitions          int
 	watchdog, heartbeat, lockTimeout, grace            time.Duration
 	batteryFloor                                       float64
 }
@@ -139,6 +145,7 @@ func (a *App) worker(ctx context.Context, args []string) error {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "HTTP listen address")
 	fs.StringVar(&f.storage, "storage", "", "task hub connection string: a SQLite file (default dronehub.db), UseDevelopmentStorage=true for Azurite, or an Azure Storage connection string or account URL")
 	fs.StringVar(&f.hub, "hub", "dronehub", "task hub name (Azure Storage)")
+	fs.IntVar(&f.partitions, "partitions", 0, "control-queue partitions of a new Azure Storage hub (1-16, default 4)")
 	fs.StringVar(&f.apiKeys, "api-keys", "", "comma-separated API keys required as 'Authorization: Bearer KEY' on /api")
 	fs.BoolVar(&f.insecure, "insecure", false, "allow listening on a non-loopback address without API keys")
 	fs.IntVar(&f.orchConc, "orchestration-concurrency", 16, "orchestration work items processed at once")
@@ -177,6 +184,7 @@ func (a *App) worker(ctx context.Context, args []string) error {
 		OrchestrationConcurrency: f.orchConc,
 		ActivityConcurrency:      f.actConc,
 		LockTimeout:              f.lockTimeout,
+		Partitions:               f.partitions,
 		Mission:                  orchestrations.MissionSettings{Watchdog: f.watchdog, BatteryFloor: f.batteryFloor},
 		Heartbeat:                f.heartbeat,
 		SeedDrones:               seed,
