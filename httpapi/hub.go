@@ -9,7 +9,7 @@ import (
 )
 
 func (h *handler) notSupported(w http.ResponseWriter, what string) {
-	problem(w, http.StatusNotImplemented, fmt.Sprintf("the %s task hub has no %s; it is available on Azure Storage", h.kind(), what))
+	problem(w, http.StatusNotImplemented, fmt.Sprintf("the %s task hub has no %s", h.kind(), what))
 }
 
 func (h *handler) kind() string {

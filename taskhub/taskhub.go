@@ -201,3 +201,42 @@ func ScheduledStart(events []*dtbackend.HistoryEvent, now time.Time) (time.Time,
 	}
 	return time.Time{}, false
 }
+
+// EventType names a history event's type, e.g. "TaskScheduled".
+func EventType(e *dtbackend.HistoryEvent) string {
+	switch {
+	case e.GetExecutionStarted() != nil:
+		return "ExecutionStarted"
+	case e.GetExecutionCompleted() != nil:
+		return "ExecutionCompleted"
+	case e.GetExecutionTerminated() != nil:
+		return "ExecutionTerminated"
+	case e.GetExecutionSuspended() != nil:
+		return "ExecutionSuspended"
+	case e.GetExecutionResumed() != nil:
+		return "ExecutionResumed"
+	case e.GetTaskScheduled() != nil:
+		return "TaskScheduled"
+	case e.GetTaskCompleted() != nil:
+		return "TaskCompleted"
+	case e.GetTaskFailed() != nil:
+		return "TaskFailed"
+	case e.GetTimerCreated() != nil:
+		return "TimerCreated"
+	case e.GetTimerFired() != nil:
+		return "TimerFired"
+	case e.GetEventRaised() != nil:
+		return "EventRaised"
+	case e.GetSubOrchestrationInstanceCreated() != nil:
+		return "SubOrchestrationInstanceCreated"
+	case e.GetSubOrchestrationInstanceCompleted() != nil:
+		return "SubOrchestrationInstanceCompleted"
+	case e.GetSubOrchestrationInstanceFailed() != nil:
+		return "SubOrchestrationInstanceFailed"
+	case e.GetOrchestratorStarted() != nil:
+		return "OrchestratorStarted"
+	case e.GetOrchestratorCompleted() != nil:
+		return "OrchestratorCompleted"
+	}
+	return "Unknown"
+}

@@ -3,7 +3,6 @@ package backendtest
 import (
 	"context"
 	"errors"
-	"reflect"
 	"testing"
 	"time"
 
@@ -417,17 +416,66 @@ func testPurge(t *testing.T, ctx context.Context, be taskhub.Backend) {
 	}
 }
 
-// testDeadLetter is the place for the poison-message contract (TASKHUB.md:
-// "dead-letter after N dequeues, visible in the API/CLI, replayable"). No
-// backend offers a dead-letter queue yet and its capability interface is not
-// defined; when it is, this case should: abandon one activity work item (and
-// one orchestration work item) until the backend's dequeue limit, assert it
-// is no longer delivered, that it is listed as a dead letter with its
-// instance and dequeue count, and that replaying it delivers it again and
-// lets the instance complete.
+// testDeadLetter checks the poison-message contract (TASKHUB.md:
+// "dead-letter after N dequeues, visible in the API/CLI, replayable"): an
+// activity work item that is abandoned again and again is set aside, listed
+// with its instance, and replaying it lets the instance complete.
 func testDeadLetter(t *testing.T, ctx context.Context, be taskhub.Backend) {
-	if !reflect.ValueOf(be).MethodByName("DeadLetters").IsValid() {
+	dl, ok := be.(taskhub.DeadLetterer)
+	if !ok {
 		t.Skip("backend has no dead-letter queue")
 	}
-	t.Skip("backend has DeadLetters, but the dead-letter capability interface is not defined yet: write this case with it")
+	r := task.NewTaskRegistry()
+	_ = r.AddOrchestratorN("Poisoned", func(ctx *task.OrchestrationContext) (any, error) {
+		var out string
+		err := ctx.CallActivity("Flaky").Await(&out)
+		return out, err
+	})
+	_ = r.AddActivityN("Flaky", func(task.ActivityContext) (any, error) { return "recovered", nil })
+	d := newDriver(t, be, r)
+	c := backend.NewTaskHubClient(be)
+	id := schedule(t, ctx, c, "Poisoned", api.WithInstanceID("poisoned-1"))
+	d.runOrch(ctx, d.fetchOrch(ctx))
+
+	// Abandon the activity whenever it is delivered until it is set aside.
+	var letter taskhub.DeadLetter
+	deadline := time.Now().Add(90 * time.Second)
+	for letter.ID == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the repeatedly abandoned activity was never dead-lettered")
+		}
+		if wi, ok := d.tryAct(ctx, 200*time.Millisecond); ok {
+			if err := be.AbandonActivityWorkItem(ctx, wi); err != nil {
+				t.Fatalf("abandon: %v", err)
+			}
+		}
+		letters, err := dl.DeadLetters(ctx)
+		if err != nil {
+			t.Fatalf("DeadLetters: %v", err)
+		}
+		for _, l := range letters {
+			if l.InstanceID == string(id) {
+				letter = l
+			}
+		}
+	}
+	if letter.DequeueCount < 2 || letter.Reason == "" || letter.EventType != "TaskScheduled" {
+		t.Errorf("dead letter %+v: want its dequeue count, a reason and event type TaskScheduled", letter)
+	}
+	if wi, ok := d.tryAct(ctx, 500*time.Millisecond); ok {
+		t.Fatalf("a dead-lettered activity was delivered again: %v", wi)
+	}
+	if err := dl.ReplayDeadLetter(ctx, "no-such-letter"); !errors.Is(err, taskhub.ErrDeadLetterNotFound) {
+		t.Errorf("replaying an unknown dead letter: %v, want taskhub.ErrDeadLetterNotFound", err)
+	}
+	if err := dl.ReplayDeadLetter(ctx, letter.ID); err != nil {
+		t.Fatalf("ReplayDeadLetter: %v", err)
+	}
+	d.runUntil(ctx, func() bool { return metadata(t, ctx, be, id).IsComplete() })
+	if md := metadata(t, ctx, be, id); md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || md.SerializedOutput != `"recovered"` {
+		t.Fatalf("after replay: %s, want Completed with \"recovered\"", describe(md))
+	}
+	if letters, _ := dl.DeadLetters(ctx); len(letters) != 0 {
+		t.Errorf("dead letters after replay: %+v, want none", letters)
+	}
 }

@@ -39,6 +39,10 @@ type Options struct {
 	// work written by other processes. Work this process enqueues wakes its
 	// consumers at once, and timers wake them when due. Default 500ms.
 	PollInterval time.Duration
+	// MaxDequeueCount is how many times a work item may be fetched without
+	// completing before its messages are moved to the dead letters (see
+	// DeadLetters). Default 10.
+	MaxDequeueCount int
 	// Logger receives the backend's logs; default slog.Default().
 	Logger *slog.Logger
 }
@@ -49,6 +53,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PollInterval == 0 {
 		o.PollInterval = 500 * time.Millisecond
+	}
+	if o.MaxDequeueCount == 0 {
+		o.MaxDequeueCount = 10
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -64,6 +71,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("sqlite: database path %q must not contain '?' or '#'", o.Path)
 	case o.LockTimeout < time.Second:
 		return fmt.Errorf("sqlite: Options.LockTimeout %s is below the 1s minimum", o.LockTimeout)
+	case o.MaxDequeueCount < 1:
+		return fmt.Errorf("sqlite: Options.MaxDequeueCount %d must be at least 1", o.MaxDequeueCount)
 	case o.PollInterval < time.Millisecond:
 		return fmt.Errorf("sqlite: Options.PollInterval %s is below the 1ms minimum", o.PollInterval)
 	}
@@ -125,6 +134,10 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 	if err != nil {
 		db.Close()
 		return nil, err
+	}
+	if _, err := db.ExecContext(ctx, deadLetterSchema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlite: create dead-letter table: %w", err)
 	}
 	b.fleet = f
 	return b, nil
@@ -214,6 +227,13 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 				}
 				continue
 			}
+			if int(wi.RetryCount) >= b.opts.MaxDequeueCount {
+				b.log.Error("orchestration work item dead-lettered: it keeps failing", "instance", wi.InstanceID, "dequeues", wi.RetryCount+1)
+				if err := b.deadLetterOrchestration(ctx, wi); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			return wi, nil
 		}
 		if !errors.Is(err, dtbackend.ErrNoWorkItems) {
@@ -240,6 +260,11 @@ func (b *Backend) postpone(ctx context.Context, wi *dtbackend.OrchestrationWorkI
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := b.inner.AbandonOrchestrationWorkItem(actx, wi); err != nil {
+		return fmt.Errorf("sqlite: postpone scheduled start of %s: %w", wi.InstanceID, err)
+	}
+	// Waiting for the start time is not a failure: do not let it count
+	// towards the dead-letter limit.
+	if _, err := b.db.ExecContext(actx, `UPDATE NewEvents SET DequeueCount = 0 WHERE InstanceID = ? AND LockedBy IS NULL`, string(wi.InstanceID)); err != nil {
 		return fmt.Errorf("sqlite: postpone scheduled start of %s: %w", wi.InstanceID, err)
 	}
 	return nil
@@ -317,6 +342,13 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 		wake := b.actWake.C()
 		wi, err := b.inner.GetActivityWorkItem(ctx)
 		if err == nil {
+			if n := b.activityDequeues(ctx, wi); n > b.opts.MaxDequeueCount {
+				b.log.Error("activity work item dead-lettered: it keeps failing", "instance", wi.InstanceID, "activity", wi.NewEvent.GetTaskScheduled().GetName(), "dequeues", n)
+				if err := b.deadLetterActivity(ctx, wi, n); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			return wi, nil
 		}
 		if !errors.Is(err, dtbackend.ErrNoWorkItems) {
