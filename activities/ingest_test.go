@@ -1,0 +1,203 @@
+package activities_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+
+	"github.com/dronehub/dronehub/activities"
+	"github.com/dronehub/dronehub/backend/sqlite"
+	"github.com/dronehub/dronehub/domain"
+	"github.com/dronehub/dronehub/fleet"
+	"github.com/dronehub/dronehub/simulator"
+)
+
+// recorder is a Signaler that records what would be raised: the signal
+// path's inputs are checked here, its delivery by the mission suite.
+type recorder struct {
+	mu      sync.Mutex
+	signals []domain.Signal
+	fail    bool
+}
+
+func (r *recorder) RaiseEvent(_ context.Context, _ api.InstanceID, name string, opts ...api.RaiseEventOptions) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail {
+		return fmt.Errorf("injected: raise failed")
+	}
+	if name != domain.SignalEvent {
+		return fmt.Errorf("unexpected event %q", name)
+	}
+	r.signals = append(r.signals, domain.Signal{}) // payload decoded below
+	return nil
+}
+
+func openStore(t testing.TB) fleet.Store {
+	t.Helper()
+	b, err := sqlite.Open(context.Background(), sqlite.Options{Path: filepath.Join(t.TempDir(), "hub.db"), Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b.Fleet()
+}
+
+func dispatched(t testing.TB, store fleet.Store, id string) domain.Route {
+	t.Helper()
+	ctx := context.Background()
+	route := domain.Route{Home: domain.LatLon{Lat: 47.6401, Lon: -122.1298}, Pickup: domain.LatLon{Lat: 47.6440, Lon: -122.13}, Dropoff: domain.LatLon{Lat: 47.6470, Lon: -122.136}}
+	if _, err := store.AddDrone(ctx, id, route.Home); err != nil {
+		t.Fatal(err)
+	}
+	_, err := store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
+		d.MissionID, d.Route = "mission-"+id, &route
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return route
+}
+
+func decoded(frames []domain.Frame) []domain.DecodedFrame {
+	out := make([]domain.DecodedFrame, len(frames))
+	for i, f := range frames {
+		// Through the wire format, as HTTP and the queue deliver them.
+		raw, _ := json.Marshal(f)
+		df, err := domain.DecodeFrame(raw)
+		out[i] = domain.DecodedFrame{Frame: df, Err: err}
+	}
+	return out
+}
+
+// TestIngestRaisesEveryMeaningfulChangeInABatch sends a whole flight as one
+// batch: every flight-mode change and arrival must be raised, in order, not
+// just the final state.
+func TestIngestRaisesEveryMeaningfulChangeInABatch(t *testing.T) {
+	t.Parallel()
+	store := openStore(t)
+	route := dispatched(t, store, "d1")
+	rec := &recorder{}
+	in := activities.NewIngestor(store, rec, activities.IngestOptions{Heartbeat: time.Hour, Logger: quiet()})
+	f := simulator.NewFlight(simulator.FlightOptions{DroneID: "d1", Route: route, SpeedMps: 50})
+	var frames []domain.Frame
+	for {
+		fr, ok := f.Next()
+		if !ok {
+			break
+		}
+		frames = append(frames, fr)
+	}
+	res, err := in.Ingest(context.Background(), decoded(frames[:len(frames)/2]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Accepted != len(frames)/2 || res.Signals < 4 {
+		t.Fatalf("first half: %d accepted, %d signals; want all accepted and the takeoff, pickup landing and takeoff raised", res.Accepted, res.Signals)
+	}
+	again, err := in.Ingest(context.Background(), decoded(frames[:len(frames)/2]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Duplicates != len(frames)/2 || again.Signals != 0 {
+		t.Fatalf("redelivered half: %d duplicates, %d signals; want all duplicates and no signal", again.Duplicates, again.Signals)
+	}
+}
+
+func TestIngestVerdicts(t *testing.T) {
+	t.Parallel()
+	store := openStore(t)
+	dispatched(t, store, "d1")
+	rec := &recorder{}
+	in := activities.NewIngestor(store, rec, activities.IngestOptions{Logger: quiet()})
+	body := `{"frames":[
+	 {"deviceId":"d1","seq":5,"timestamp":"2026-11-22T10:00:00Z","battery":0.9,"flightMode":"ready","position":{"lat":47.6401,"lon":-122.1298,"alt":0},"health":{"gyrometerOk":true,"accelerometerOk":true,"magnetometerOk":true},"isKeyFrame":true},
+	 {"deviceId":"d1","seq":4,"timestamp":"2026-11-22T09:59:59Z","battery":0.1},
+	 {"deviceId":"ghost","seq":1,"timestamp":"2026-11-22T10:00:00Z","battery":0.9},
+	 {"deviceId":"d1","seq":5,"timestamp":"2026-11-22T10:00:00Z"}
+	]}`
+	frames, err := domain.DecodeBatch(stringsReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := in.Ingest(context.Background(), frames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []domain.Verdict{domain.VerdictAccepted, domain.VerdictStale, domain.VerdictRejected, domain.VerdictDuplicate}
+	for i, v := range want {
+		if res.Frames[i].Verdict != v || res.Frames[i].Index != i {
+			t.Errorf("frame %d: %+v, want %s", i, res.Frames[i], v)
+		}
+	}
+	d, err := store.Drone(context.Background(), "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Tracked.State.Battery != 0.9 || d.Frames != 1 {
+		t.Fatalf("stored %+v after %d frames: the stale frame must not overwrite", d.Tracked.State, d.Frames)
+	}
+}
+
+// TestIngestRetriesASignalThatFailed: a signal that could not be raised is
+// raised again with the next frame, so the mission never misses a change.
+func TestIngestRetriesASignalThatFailed(t *testing.T) {
+	t.Parallel()
+	store := openStore(t)
+	route := dispatched(t, store, "d1")
+	rec := &recorder{fail: true}
+	in := activities.NewIngestor(store, rec, activities.IngestOptions{Heartbeat: time.Hour, Logger: quiet()})
+	f := simulator.NewFlight(simulator.FlightOptions{DroneID: "d1", Route: route})
+	first, _ := f.Next()
+	if res, err := in.Ingest(context.Background(), decoded([]domain.Frame{first})); err != nil || res.Accepted != 1 || res.Signals != 0 {
+		t.Fatalf("with raising broken: %+v, %v", res, err)
+	}
+	rec.mu.Lock()
+	rec.fail = false
+	rec.mu.Unlock()
+	second, _ := f.Next()
+	if res, err := in.Ingest(context.Background(), decoded([]domain.Frame{second})); err != nil || res.Signals == 0 {
+		t.Fatalf("after raising recovered: %+v, %v: want the missed change raised", res, err)
+	}
+}
+
+// BenchmarkIngest measures ingestion on the embedded store: 20 drones, each
+// batch carrying one frame per drone, the shape of a busy HTTP bridge.
+func BenchmarkIngest(b *testing.B) {
+	store := openStore(b)
+	const drones = 20
+	var flights []*simulator.Flight
+	for i := range drones {
+		id := fmt.Sprintf("d%d", i)
+		route := dispatched(b, store, id)
+		flights = append(flights, simulator.NewFlight(simulator.FlightOptions{DroneID: id, Route: route, SpeedMps: 1, Step: 100 * time.Millisecond}))
+	}
+	in := activities.NewIngestor(store, &recorder{}, activities.IngestOptions{Heartbeat: time.Hour, Logger: quiet()})
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		batch := make([]domain.DecodedFrame, 0, drones)
+		for _, f := range flights {
+			fr, _ := f.Next()
+			batch = append(batch, domain.DecodedFrame{Frame: fr})
+		}
+		if _, err := in.Ingest(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*drones)/b.Elapsed().Seconds(), "frames/s")
+}
+
+func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
