@@ -89,7 +89,8 @@ func (b *Backend) CompleteActivityWorkItem(ctx context.Context, wi *dtbackend.Ac
 		return fmt.Errorf("azurestorage: activity work item %v has no result", wi)
 	}
 	id := string(wi.InstanceID)
-	if err := b.send(ctx, b.controlFor(id), envelope{ID: m.env.ID + "-result", Instance: id}, wi.Result, time.Time{}); err != nil {
+	ctx = retryUntil(ctx, b.lockDeadline([]*inMsg{m}))
+	if err := b.send(ctx, b.controlFor(id), envelope{ID: m.env.ID + "-result", Instance: id, Exec: m.env.Exec}, wi.Result, time.Time{}); err != nil {
 		return err
 	}
 	b.orchWake.Notify()
@@ -105,7 +106,7 @@ func (b *Backend) AbandonActivityWorkItem(ctx context.Context, wi *dtbackend.Act
 	if err != nil {
 		return err
 	}
-	err = b.release(ctx, m, 0)
+	err = b.release(retryUntil(ctx, b.lockDeadline([]*inMsg{m})), m, 0)
 	b.actWake.Notify()
 	return err
 }

@@ -42,6 +42,7 @@ type Backend struct {
 	leases  *aztables.Client
 	control []*azqueue.QueueClient
 	work    *azqueue.QueueClient
+	tele    *azqueue.QueueClient // <hub>-telemetry
 	fleet   *Fleet
 
 	orchWake, actWake taskhub.Wake
@@ -65,6 +66,7 @@ var _ taskhub.Backend = (*Backend)(nil)
 // Open connects to the task hub, creating its queues, tables and container
 // if needed, and checks the partition count against the hub's metadata.
 func Open(ctx context.Context, opts Options) (*Backend, error) {
+	adopt := opts.Partitions == 0
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -77,6 +79,13 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	if adopt {
+		// No count asked for: an existing hub keeps the one it was created
+		// with; only an explicit, different count is a mismatch.
+		if p, ok := recordedPartitions(ctx, cl, opts.HubName); ok {
+			opts.Partitions = p
+		}
+	}
 	n := newNames(opts.HubName, opts.Partitions)
 	b := &Backend{
 		opts: opts, cfg: cfg, cl: cl, names: n, log: opts.Logger.With("hub", opts.HubName),
@@ -84,6 +93,7 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 		dead:     cl.table.NewClient(n.deadTable),
 		leases:   cl.table.NewClient(n.leaseTable),
 		work:     cl.queue.NewQueueClient(n.workItems),
+		tele:     cl.queue.NewQueueClient(n.telemetry),
 		pending:  map[string][]*inMsg{},
 		inflight: map[string]bool{},
 	}
@@ -141,8 +151,7 @@ func (b *Backend) CreateTaskHub(ctx context.Context) error {
 			return err
 		}
 	}
-	queues := append([]*azqueue.QueueClient{b.work}, b.control...)
-	for _, q := range queues {
+	for _, q := range b.queues() {
 		if _, err := q.Create(ctx, nil); err != nil && !isConflict(err) {
 			return fmt.Errorf("azurestorage: create queue %s: %w", queueName(q), err)
 		}
@@ -177,6 +186,26 @@ func (b *Backend) CreateTaskHub(ctx context.Context) error {
 	return dtbackend.ErrTaskHubExists
 }
 
+// recordedPartitions reads the partition count an existing hub was created
+// with; ok is false for a hub that does not exist yet.
+func recordedPartitions(ctx context.Context, cl *clients, hub string) (int, bool) {
+	resp, err := cl.table.NewClient(newNames(hub, 1).leaseTable).GetEntity(ctx, metaPK, metaRK, nil)
+	if err != nil {
+		return 0, false
+	}
+	e, err := parseEntity(resp.Value)
+	if err != nil {
+		return 0, false
+	}
+	p := int(e.int64("Partitions"))
+	return p, p >= 1 && p <= 16
+}
+
+// queues are every queue of the hub: control queues, work items, telemetry.
+func (b *Backend) queues() []*azqueue.QueueClient {
+	return append(append([]*azqueue.QueueClient{}, b.control...), b.work, b.tele)
+}
+
 // DeleteTaskHub deletes every queue, table and container of the hub, the
 // fleet tables included.
 func (b *Backend) DeleteTaskHub(ctx context.Context) error {
@@ -192,7 +221,7 @@ func (b *Backend) DeleteTaskHub(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("delete table %s: %w", t, err))
 		}
 	}
-	for _, q := range append([]*azqueue.QueueClient{b.work}, b.control...) {
+	for _, q := range b.queues() {
 		if _, err := q.Delete(ctx, nil); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete queue %s: %w", queueName(q), err))
 		}

@@ -2,7 +2,6 @@ package azurestorage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -10,6 +9,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
+
+	"github.com/dronehub/dronehub/taskhub"
 )
 
 // DeadLetter is a message taken out of circulation: it was dequeued more
@@ -34,7 +35,8 @@ type DeadLetter struct {
 const deadPK = "dl"
 
 // ErrDeadLetterNotFound is returned by ReplayDeadLetter for an unknown id.
-var ErrDeadLetterNotFound = errors.New("dead letter not found")
+// It is taskhub.ErrDeadLetterNotFound, so errors.Is works with either name.
+var ErrDeadLetterNotFound = taskhub.ErrDeadLetterNotFound
 
 // deadLetter moves a message to the dead-letter table, then deletes it.
 func (b *Backend) deadLetter(ctx context.Context, m *inMsg, reason string) error {

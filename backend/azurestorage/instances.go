@@ -32,7 +32,12 @@ func historyRK(seq int) string { return fmt.Sprintf("%s%016x", historyRKPre, seq
 
 // getSentinel reads an instance's status row; (nil, "", nil) if absent.
 func (b *Backend) getSentinel(ctx context.Context, id string) (entity, azcore.ETag, error) {
-	resp, err := b.history.GetEntity(ctx, escapeKey(id), sentinelRK, nil)
+	var resp aztables.GetEntityResponse
+	err := b.storage(ctx, "read instance", func(ctx context.Context) error {
+		var err error
+		resp, err = b.history.GetEntity(ctx, escapeKey(id), sentinelRK, nil)
+		return err
+	})
 	if err != nil {
 		if isNotFound(err) {
 			return nil, "", nil
@@ -208,7 +213,10 @@ func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent,
 	if err != nil {
 		return err
 	}
-	if _, err := b.history.AddEntity(ctx, row.marshal(), nil); err != nil {
+	if err := b.storage(ctx, "create instance", func(ctx context.Context) error {
+		_, err := b.history.AddEntity(ctx, row.marshal(), nil)
+		return err
+	}); err != nil {
 		if !isConflict(err) {
 			return fmt.Errorf("azurestorage: create instance %s: %w", id, err)
 		}
@@ -318,20 +326,27 @@ func (b *Backend) partitionRows(ctx context.Context, pk string, keysOnly bool) (
 		sel := "PartitionKey,RowKey"
 		o.Select = &sel
 	}
-	pager := b.history.NewListEntitiesPager(o)
 	var out []entity
-	for pager.More() {
-		page, err := pager.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("azurestorage: read partition %s: %w", pk, err)
-		}
-		for _, raw := range page.Entities {
-			e, err := parseEntity(raw)
+	err := b.storage(ctx, "read partition", func(ctx context.Context) error {
+		out = out[:0]
+		pager := b.history.NewListEntitiesPager(o)
+		for pager.More() {
+			page, err := pager.NextPage(ctx)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			out = append(out, e)
+			for _, raw := range page.Entities {
+				e, err := parseEntity(raw)
+				if err != nil {
+					return err
+				}
+				out = append(out, e)
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: read partition %s: %w", pk, err)
 	}
 	return out, nil
 }

@@ -29,6 +29,31 @@ type envelope struct {
 	// seen earlier is sent again with the remaining delay (timers beyond the
 	// queue's 7-day visibility limit, scheduled starts).
 	NotBefore int64 `json:"nb,omitempty"`
+	// Exec is the execution id of the orchestration that sent an activity
+	// or timer (and, copied, of the activity's result), so an answer to an
+	// earlier execution is told from one that arrived early (see early).
+	Exec string `json:"x,omitempty"`
+	// VisibleAt (unix ms) is when a delayed message becomes visible, so
+	// its queue's lag is measured from then, not from when it was sent.
+	VisibleAt int64 `json:"va,omitempty"`
+}
+
+// messageAge is how long a visible message has waited: since it became
+// visible if it was sent delayed, else since it was inserted.
+func messageAge(inserted *time.Time, text *string) time.Duration {
+	if inserted == nil {
+		return 0
+	}
+	since := *inserted
+	if text != nil {
+		var env envelope
+		if json.Unmarshal([]byte(*text), &env) == nil && env.VisibleAt > 0 {
+			if va := time.UnixMilli(env.VisibleAt); va.After(since) {
+				since = va
+			}
+		}
+	}
+	return max(time.Since(since), 0)
 }
 
 // maxVisibility is kept below the service's 7-day limit.
@@ -63,14 +88,19 @@ func (b *Backend) send(ctx context.Context, q *azqueue.QueueClient, env envelope
 		}
 		if d > 0 {
 			vis = int32(math.Ceil(d.Seconds()))
-			b.noteTimer(time.Now().Add(time.Duration(vis) * time.Second))
+			at := time.Now().Add(time.Duration(vis) * time.Second)
+			env.VisibleAt = at.UnixMilli()
+			b.noteTimer(at)
 		}
 	}
 	body, err := json.Marshal(env)
 	if err != nil {
 		return fmt.Errorf("azurestorage: encode message: %w", err)
 	}
-	_, err = q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
+	err = b.storage(ctx, "enqueue", func(ctx context.Context) error {
+		_, err := q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("azurestorage: enqueue to %s: %w", queueName(q), err)
 	}
@@ -162,7 +192,10 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 // deleteMsg deletes a consumed message; a message already gone (its lock
 // expired and another consumer took it) is not an error here.
 func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
-	_, err := m.queue.DeleteMessage(ctx, m.msgID, m.pop, nil)
+	err := b.storage(ctx, "delete message", func(ctx context.Context) error {
+		_, err := m.queue.DeleteMessage(ctx, m.msgID, m.pop, nil)
+		return err
+	})
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("azurestorage: delete message from %s: %w", queueName(m.queue), err)
 	}
@@ -172,7 +205,10 @@ func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
 // release makes a message visible again after delay.
 func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration) error {
 	vis := int32(delay / time.Second)
-	_, err := m.queue.UpdateMessage(ctx, m.msgID, m.pop, m.content, &azqueue.UpdateMessageOptions{VisibilityTimeout: &vis})
+	err := b.storage(ctx, "release message", func(ctx context.Context) error {
+		_, err := m.queue.UpdateMessage(ctx, m.msgID, m.pop, m.content, &azqueue.UpdateMessageOptions{VisibilityTimeout: &vis})
+		return err
+	})
 	if err != nil {
 		if isNotFound(err) {
 			return dtbackend.ErrWorkItemLockLost
@@ -187,19 +223,26 @@ func (b *Backend) putBlob(ctx context.Context, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := b.cl.blob.UploadBuffer(ctx, b.names.largeMessages, name, gz, nil); err != nil {
+	if err := b.storage(ctx, "upload blob", func(ctx context.Context) error {
+		_, err := b.cl.blob.UploadBuffer(ctx, b.names.largeMessages, name, gz, nil)
+		return err
+	}); err != nil {
 		return fmt.Errorf("azurestorage: upload blob %s: %w", name, err)
 	}
 	return nil
 }
 
 func (b *Backend) getBlob(ctx context.Context, name string) ([]byte, error) {
-	resp, err := b.cl.blob.DownloadStream(ctx, b.names.largeMessages, name, nil)
-	if err != nil {
-		return nil, fmt.Errorf("azurestorage: download blob %s: %w", name, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
+	var data []byte
+	err := b.storage(ctx, "download blob", func(ctx context.Context) error {
+		resp, err := b.cl.blob.DownloadStream(ctx, b.names.largeMessages, name, nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		data, err = io.ReadAll(resp.Body)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("azurestorage: download blob %s: %w", name, err)
 	}

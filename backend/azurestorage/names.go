@@ -15,6 +15,7 @@ type names struct {
 	effectsTable  string // <Hub>Effects
 	leaseTable    string // <Hub>Partitions: partition ownership and worker heartbeats
 	workItems     string // <hub>-workitems
+	telemetry     string // <hub>-telemetry
 	largeMessages string // <hub>-largemessages container
 	partitions    int
 }
@@ -44,6 +45,7 @@ func newNames(hub string, partitions int) names {
 		effectsTable:  hub + "Effects",
 		leaseTable:    hub + "Partitions",
 		workItems:     lower + "-workitems",
+		telemetry:     lower + "-telemetry",
 		largeMessages: lower + "-largemessages",
 		partitions:    partitions,
 	}

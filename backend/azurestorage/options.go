@@ -20,7 +20,8 @@ type Options struct {
 	// HubName names the task hub: 3-45 letters and digits starting with a
 	// letter. Default DefaultHubName.
 	HubName string
-	// Partitions is the number of control queues, 1-16; default 4. It is
+	// Partitions is the number of control queues, 1-16. Zero means the
+	// count an existing hub was created with, or 4 for a new hub. It is
 	// recorded when the hub is created and must match on every later start.
 	Partitions int
 	// LockTimeout is how long a fetched message stays invisible to other

@@ -2,6 +2,8 @@ package azurestorage
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -59,28 +61,20 @@ func (s *loadedState) seen() []string {
 // load reads an instance's whole partition: status row, history (only the
 // committed prefix, HistoryCount rows) and stashed early events.
 func (b *Backend) load(ctx context.Context, id string) (*loadedState, error) {
-	filter := "PartitionKey eq " + quote(escapeKey(id))
-	pager := b.history.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
+	rows, err := b.partitionRows(ctx, escapeKey(id), false)
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: load instance %s: %w", id, err)
+	}
 	st := &loadedState{}
 	var hist, stash []entity
-	for pager.More() {
-		page, err := pager.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("azurestorage: load instance %s: %w", id, err)
-		}
-		for _, raw := range page.Entities {
-			e, err := parseEntity(raw)
-			if err != nil {
-				return nil, err
-			}
-			switch rk := e.str("RowKey"); {
-			case rk == sentinelRK:
-				st.sentinel, st.etag = e, e.etag()
-			case strings.HasPrefix(rk, historyRKPre):
-				hist = append(hist, e)
-			case strings.HasPrefix(rk, stashRKPre):
-				stash = append(stash, e)
-			}
+	for _, e := range rows {
+		switch rk := e.str("RowKey"); {
+		case rk == sentinelRK:
+			st.sentinel, st.etag = e, e.etag()
+		case strings.HasPrefix(rk, historyRKPre):
+			hist = append(hist, e)
+		case strings.HasPrefix(rk, stashRKPre):
+			stash = append(stash, e)
 		}
 	}
 	n := st.historyCount()
@@ -162,7 +156,7 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 		sctx, cancel := b.storageCtx(ctx)
 		wake := b.orchWake.C()
 		if id, msgs := b.takeReady(); id != "" {
-			wi, err := b.buildWorkItem(sctx, id, msgs)
+			wi, err := b.buildWorkItem(retryUntil(sctx, b.lockDeadline(msgs)), id, msgs)
 			cancel()
 			if err != nil {
 				b.releaseAll(msgs, time.Second)
@@ -214,9 +208,11 @@ func (b *Backend) pollControl(ctx context.Context) (int, error) {
 	total := 0
 	var errs []error
 	for _, p := range b.lm.partitions() {
-		msgs, err := b.dequeue(ctx, b.control[p], p, 32)
+		msgs, err := b.dequeue(ctx, b.control[p], p, controlBatch)
 		if err != nil {
 			errs = append(errs, err)
+		} else {
+			b.lm.notePoll(p, len(msgs))
 		}
 		total += len(msgs)
 		b.mu.Lock()
@@ -243,17 +239,27 @@ func (b *Backend) pollControl(ctx context.Context) (int, error) {
 }
 
 // takeReady hands out the oldest instance with buffered messages that is
-// not already in a work item, and locks it.
+// not already in a work item, and locks it. Instances of a partition this
+// worker may not start work on (being handed off, lease not renewed) stay
+// buffered; the hand-off or the loss of the lease returns their messages.
 func (b *Backend) takeReady() (string, []*inMsg) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for len(b.ready) > 0 {
-		id := b.ready[0]
-		b.ready = b.ready[1:]
+	kept := b.ready[:0]
+	defer func() {
+		clear(b.ready[len(kept):])
+		b.ready = kept
+	}()
+	for i, id := range b.ready {
 		msgs := b.pending[id]
 		if len(msgs) == 0 || b.inflight[id] {
+			continue // finish re-queues it when its work item ends
+		}
+		if !b.lm.isActive(partitionOf(id, b.names.partitions)) {
+			kept = append(kept, id)
 			continue
 		}
+		kept = append(kept, b.ready[i+1:]...)
 		delete(b.pending, id)
 		b.inflight[id] = true
 		return id, msgs
@@ -344,14 +350,23 @@ func (b *Backend) buildWorkItem(ctx context.Context, id string, msgs []*inMsg) (
 	}
 	var events []*dtbackend.HistoryEvent
 	// Messages not kept (duplicates, re-sent delayed starts) are consumed
-	// with the rest when the work item commits.
-	var keep []*inMsg
+	// with the rest when the work item commits. Messages held back (see
+	// early) are not consumed: they go back to the queue.
+	var keep, held []*inMsg
+	consumed := make([]*inMsg, 0, len(msgs))
+	exec := executionOf(st.history)
 	now := time.Now()
 	for _, m := range msgs {
 		if seen[m.env.ID] {
+			consumed = append(consumed, m)
+			continue
+		}
+		if early(st.history, exec, m) {
+			held = append(held, m)
 			continue
 		}
 		seen[m.env.ID] = true
+		consumed = append(consumed, m)
 		if at, ok := taskhub.ScheduledStart([]*dtbackend.HistoryEvent{m.event}, now); ok {
 			env := m.env
 			env.Event, env.Blob = nil, ""
@@ -363,6 +378,10 @@ func (b *Backend) buildWorkItem(ctx context.Context, id string, msgs []*inMsg) (
 		events = append(events, m.event)
 		keep = append(keep, m)
 	}
+	if len(held) > 0 {
+		b.holdBack(ctx, id, held)
+	}
+	msgs = consumed
 	var stashEvents []*dtbackend.HistoryEvent
 	for _, s := range st.stash {
 		stashEvents = append(stashEvents, s.event)
@@ -408,7 +427,7 @@ func (b *Backend) stash(ctx context.Context, id string, msgs []*inMsg) error {
 		row["MsgID"] = m.env.ID
 		actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeInsertReplace, Entity: row.marshal()})
 		if len(actions) == 100 || i == len(msgs)-1 {
-			if _, err := b.history.SubmitTransaction(ctx, actions, nil); err != nil {
+			if err := b.submit(ctx, actions); err != nil {
 				return fmt.Errorf("azurestorage: stash early events of %s: %w", id, err)
 			}
 			actions = actions[:0]
@@ -430,6 +449,9 @@ func itemOf(wi *dtbackend.OrchestrationWorkItem) *orchItem {
 // events that belong to an earlier execution (see taskhub.DropStaleTimers).
 func (b *Backend) GetOrchestrationRuntimeState(ctx context.Context, wi *dtbackend.OrchestrationWorkItem) (*dtbackend.OrchestrationRuntimeState, error) {
 	it := itemOf(wi)
+	if it != nil {
+		ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
+	}
 	var st *loadedState
 	if it != nil && it.loaded != nil {
 		st, it.loaded = it.loaded, nil
@@ -458,6 +480,7 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 		return fmt.Errorf("azurestorage: work item for %s was not fetched from this backend", wi.InstanceID)
 	}
 	defer b.finish(string(wi.InstanceID))
+	ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
 	var lost bool
 	for _, m := range it.msgs {
 		if err := b.release(ctx, m, wi.GetAbandonDelay()); err != nil {
@@ -499,16 +522,19 @@ func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbacke
 	}
 	id := string(wi.InstanceID)
 	defer b.finish(id)
+	// Storage calls wait out an outage for as long as the messages stay locked.
+	ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
 	state := wi.State
+	out := newOutbox(id, state)
 	sentActivities, sentOrch := false, false
 	for _, t := range state.PendingTasks() {
-		if err := b.send(ctx, b.work, envelope{ID: uuid.NewString(), Instance: id}, t, time.Time{}); err != nil {
+		if err := b.send(ctx, b.work, envelope{ID: out.id("task", t), Instance: id, Exec: out.execution}, t, time.Time{}); err != nil {
 			return err
 		}
 		sentActivities = true
 	}
 	for _, t := range state.PendingTimers() {
-		if err := b.send(ctx, b.controlFor(id), envelope{ID: uuid.NewString(), Instance: id}, t, t.GetTimerFired().GetFireAt().AsTime()); err != nil {
+		if err := b.send(ctx, b.controlFor(id), envelope{ID: out.id("timer", t), Instance: id, Exec: out.execution}, t, t.GetTimerFired().GetFireAt().AsTime()); err != nil {
 			return err
 		}
 	}
@@ -525,7 +551,7 @@ func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbacke
 			}
 			continue
 		}
-		if err := b.send(ctx, b.controlFor(m.TargetInstanceID), envelope{ID: uuid.NewString(), Instance: m.TargetInstanceID}, m.HistoryEvent, time.Time{}); err != nil {
+		if err := b.send(ctx, b.controlFor(m.TargetInstanceID), envelope{ID: out.id("msg|"+m.TargetInstanceID, m.HistoryEvent), Instance: m.TargetInstanceID}, m.HistoryEvent, time.Time{}); err != nil {
 			return err
 		}
 	}
@@ -596,7 +622,7 @@ func (b *Backend) commit(ctx context.Context, id string, state *dtbackend.Orches
 	size := 0
 	for i := 0; i < cut; i++ {
 		if len(chunk) == 100 || size+rows[i].size > maxBatchBytes {
-			if _, err := b.history.SubmitTransaction(ctx, chunk, nil); err != nil {
+			if err := b.submit(ctx, chunk); err != nil {
 				return fmt.Errorf("azurestorage: write history of %s: %w", id, err)
 			}
 			chunk, size = nil, 0
@@ -605,19 +631,24 @@ func (b *Backend) commit(ctx context.Context, id string, state *dtbackend.Orches
 		size += rows[i].size
 	}
 	if len(chunk) > 0 {
-		if _, err := b.history.SubmitTransaction(ctx, chunk, nil); err != nil {
+		if err := b.submit(ctx, chunk); err != nil {
 			return fmt.Errorf("azurestorage: write history of %s: %w", id, err)
 		}
 	}
 	for _, r := range rows[cut:] {
 		final = append(final, r.action)
 	}
-	if _, err := b.history.SubmitTransaction(ctx, final, nil); err != nil {
+	if err := b.submit(ctx, final); err != nil {
 		cur, etag, rerr := b.getSentinel(ctx, id)
-		if rerr == nil && (cur != nil) != (st.sentinel != nil) || rerr == nil && cur != nil && etag != st.etag {
+		switch {
+		case rerr == nil && cur != nil && cur.str("CommitID") == sentinel.str("CommitID"):
+			// An attempt whose answer was lost went through; the retry
+			// then failed on its own change.
+		case rerr == nil && (cur != nil) != (st.sentinel != nil) || rerr == nil && cur != nil && etag != st.etag:
 			return fmt.Errorf("azurestorage: commit %s: the instance was changed by another worker: %w", id, dtbackend.ErrWorkItemLockLost)
+		default:
+			return fmt.Errorf("azurestorage: commit %s: %w", id, err)
 		}
-		return fmt.Errorf("azurestorage: commit %s: %w", id, err)
 	}
 	if state.ContinuedAsNew() && st.historyCount() > len(newEvents) {
 		b.deleteRows(ctx, pk, len(newEvents), st.historyCount())
@@ -631,7 +662,7 @@ func (b *Backend) deleteRows(ctx context.Context, pk string, from, to int) {
 	for i := from; i < to; i++ {
 		actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeDelete, Entity: newEntity(pk, historyRK(i)).marshal()})
 		if len(actions) == 100 || i == to-1 {
-			if _, err := b.history.SubmitTransaction(ctx, actions, nil); err != nil {
+			if err := b.submit(ctx, actions); err != nil {
 				b.log.Debug("azurestorage: delete old history rows", "err", err)
 			}
 			actions = nil
@@ -654,6 +685,7 @@ func (b *Backend) statusRow(ctx context.Context, id string, state *dtbackend.Orc
 	e["Status"] = taskhub.StorageName(state.RuntimeStatus())
 	e["LastUpdatedTime"] = formatTime(time.Now())
 	e["HistoryCount"] = count
+	e["CommitID"] = uuid.NewString() // tells a retried commit that its first attempt went through
 	if name, err := state.Name(); err == nil {
 		e["Name"] = name
 	}
@@ -712,4 +744,115 @@ func (b *Backend) statusRow(ctx context.Context, id string, state *dtbackend.Orc
 	}
 	e["Seen"] = strings.Join(seen, seenSep)
 	return e, nil
+}
+
+// submit runs one entity-group transaction on the history table.
+func (b *Backend) submit(ctx context.Context, actions []aztables.TransactionAction) error {
+	return b.storage(ctx, "table batch", func(ctx context.Context) error {
+		_, err := b.history.SubmitTransaction(ctx, actions, nil)
+		return err
+	})
+}
+
+// outbox names the messages an episode sends. The names are deterministic:
+// if the episode runs again (its commit failed, or its worker died after
+// sending), it sends the same messages under the same ids, and the
+// receivers drop the copies (activity results take the id of the activity
+// message, and each instance remembers the ids it consumed). Within an
+// execution, an activity or timer is identified by its event id; other
+// messages by the episode (history length before it), kind, target and
+// their rank among such messages.
+type outbox struct {
+	instance, execution string
+	base                int
+	rank                map[string]int
+}
+
+func newOutbox(instance string, state *dtbackend.OrchestrationRuntimeState) *outbox {
+	return &outbox{instance: instance, execution: executionOf(slices.Concat(state.OldEvents(), state.NewEvents())),
+		base: len(state.OldEvents()), rank: map[string]int{}}
+}
+
+func (o *outbox) id(kind string, e *dtbackend.HistoryEvent) string {
+	key := fmt.Sprintf("%s|%s|%s|%T|", o.instance, o.execution, kind, e.GetEventType())
+	switch {
+	case e.GetTimerFired() != nil:
+		key += fmt.Sprint(e.GetTimerFired().GetTimerId())
+	case e.EventId >= 0:
+		key += fmt.Sprint(e.EventId)
+	default:
+		r := o.rank[key]
+		o.rank[key]++
+		key += fmt.Sprintf("@%d#%d", o.base, r)
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:16])
+}
+
+// executionOf is the execution id of the last start in events, or "".
+func executionOf(events []*dtbackend.HistoryEvent) string {
+	exec := ""
+	for _, e := range events {
+		if es := e.GetExecutionStarted(); es != nil {
+			exec = es.GetOrchestrationInstance().GetExecutionId().GetValue()
+		}
+	}
+	return exec
+}
+
+// early reports whether m answers a task, timer or sub-orchestration whose
+// scheduling the instance's history does not hold yet. That happens when
+// an episode sent its messages but its commit failed (or its worker died):
+// the answer can arrive before the episode runs again. Consumed then, it
+// would be ignored by the executor and recorded as seen, and the answer to
+// the re-run's identical request dropped as a copy; the instance would
+// wait forever. So such a message is held back (returned to the queue)
+// until the scheduling is committed. Answers that name another execution
+// (the instance continued as new or was replaced) are stale, not early,
+// and pass (the executor and DropStaleTimers ignore them).
+func early(history []*dtbackend.HistoryEvent, exec string, m *inMsg) bool {
+	if exec != "" && m.env.Exec != "" && m.env.Exec != exec {
+		return false
+	}
+	e := m.event
+	var id int32
+	var scheduled func(*dtbackend.HistoryEvent) bool
+	switch {
+	case e.GetTaskCompleted() != nil:
+		id, scheduled = e.GetTaskCompleted().GetTaskScheduledId(), isTaskScheduled
+	case e.GetTaskFailed() != nil:
+		id, scheduled = e.GetTaskFailed().GetTaskScheduledId(), isTaskScheduled
+	case e.GetTimerFired() != nil:
+		id, scheduled = e.GetTimerFired().GetTimerId(), isTimerCreated
+	case e.GetSubOrchestrationInstanceCompleted() != nil:
+		id, scheduled = e.GetSubOrchestrationInstanceCompleted().GetTaskScheduledId(), isSubOrchestrationCreated
+	case e.GetSubOrchestrationInstanceFailed() != nil:
+		id, scheduled = e.GetSubOrchestrationInstanceFailed().GetTaskScheduledId(), isSubOrchestrationCreated
+	default:
+		return false
+	}
+	for _, h := range history {
+		if h.EventId == id && scheduled(h) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTaskScheduled(e *dtbackend.HistoryEvent) bool { return e.GetTaskScheduled() != nil }
+func isTimerCreated(e *dtbackend.HistoryEvent) bool  { return e.GetTimerCreated() != nil }
+func isSubOrchestrationCreated(e *dtbackend.HistoryEvent) bool {
+	return e.GetSubOrchestrationInstanceCreated() != nil
+}
+
+// holdBack returns early messages to the queue, visible again after a
+// delay that doubles with each delivery (1 s up to 30 s).
+func (b *Backend) holdBack(ctx context.Context, id string, msgs []*inMsg) {
+	for _, m := range msgs {
+		delay := min(time.Second<<min(max(m.dequeueCount-1, 0), 5), 30*time.Second)
+		b.log.Debug("azurestorage: holding back an answer whose request is not committed yet", "instance", id, "event", eventType(m.event), "delay", delay)
+		if err := b.release(ctx, m, delay); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
+			b.log.Warn("azurestorage: hold back message", "instance", id, "err", err)
+		}
+	}
 }

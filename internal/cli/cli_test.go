@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dronehub/dronehub/internal/azurite"
 	"github.com/dronehub/dronehub/internal/testkit"
 )
 
@@ -215,4 +216,57 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+func TestHubCommands(t *testing.T) {
+	t.Parallel()
+	db := t.TempDir() + "/hub.db"
+	if code, out, errOut := run(t, nil, "hub", "create", "--storage", db); code != 0 || !strings.Contains(out, "is ready") {
+		t.Fatalf("create: exit %d, %q %q", code, out, errOut)
+	}
+	code, out, _ := run(t, map[string]string{"DRONEHUB_STORAGE": db}, "hub", "info", "--json")
+	var info struct {
+		Kind      string         `json:"kind"`
+		Instances map[string]int `json:"instances"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &info) != nil || info.Kind != "sqlite" || info.Instances == nil {
+		t.Fatalf("info: exit %d, %q", code, out)
+	}
+	if code, _, errOut := run(t, nil, "hub", "delete", "--storage", db); code != 1 || !strings.Contains(errOut, "--yes") {
+		t.Fatalf("delete without --yes: exit %d, %q", code, errOut)
+	}
+	if code, out, _ := run(t, nil, "hub", "delete", "--storage", db, "--yes"); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("delete: exit %d, %q", code, out)
+	}
+}
+
+func TestHubInfoOnAzurite(t *testing.T) {
+	t.Parallel()
+	srv := azurite.Start(t, azurite.Options{})
+	env := map[string]string{"DRONEHUB_STORAGE": srv.ConnectionString(), "DRONEHUB_HUB": testkit.HubName()}
+	if code, _, errOut := run(t, env, "hub", "create", "--partitions", "2"); code != 0 {
+		t.Fatalf("create: exit %d, %s", code, errOut)
+	}
+	code, out, errOut := run(t, env, "hub", "info")
+	if code != 0 || !strings.Contains(out, "azurestorage") || !strings.Contains(out, "partitions") || !strings.Contains(out, "partition 1") {
+		t.Fatalf("info: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if code, _, errOut := run(t, env, "hub", "create", "--partitions", "3"); code == 0 || !strings.Contains(errOut, "partition") {
+		t.Fatalf("reopening with another partition count: exit %d, %q: want a refusal naming partitions", code, errOut)
+	}
+}
+
+func TestDeadLetterCommandsOnSQLite(t *testing.T) {
+	t.Parallel()
+	w := testkit.Start(t, testkit.Config(t))
+	srv := httptest.NewServer(w.Handler())
+	t.Cleanup(srv.Close)
+	env := map[string]string{"DRONEHUB_URL": srv.URL}
+	code, out, errOut := run(t, env, "deadletter", "list")
+	if code != 0 || !strings.HasPrefix(out, "ID") {
+		t.Fatalf("deadletter list: exit %d, %q %q", code, out, errOut)
+	}
+	if code, _, errOut := run(t, env, "deadletter", "replay", "12345"); code != 1 || !strings.Contains(errOut, "HTTP 404") {
+		t.Fatalf("replay unknown: exit %d, %q", code, errOut)
+	}
 }
