@@ -183,21 +183,70 @@ func (a *Activities) AcceptMission(ctx context.Context, m MissionRef) (struct{},
 // ReserveDrone reserves the requested drone, or the first available one in
 // id order. Reserving again for the same mission returns the same drone.
 func (a *Activities) ReserveDrone(ctx context.Context, in ReserveInput) (ReserveResult, error) {
+	// A redelivered reservation (its worker died, say) must return the drone
+	// the first run reserved, even if the mission has freed it since: never
+	// a second one, which nobody would release.
+	if res, ok, err := a.reservedBefore(ctx, in.MissionID); err != nil || ok {
+		return res, err
+	}
+	res, err := a.reserveNew(ctx, in)
+	if err != nil {
+		return res, err
+	}
+	recorded, err := a.store.RecordEffect(ctx, fleet.Effect{MissionID: in.MissionID, Kind: EffectReserved, Detail: res.DroneID})
+	if err != nil || recorded {
+		if recorded {
+			a.log.Info("mission effect", "mission", in.MissionID, "effect", EffectReserved, "detail", res.DroneID)
+		}
+		return res, err
+	}
+	// A concurrent run recorded its reservation first: keep that one and
+	// free the drone this run took.
+	first, ok, err := a.reservedBefore(ctx, in.MissionID)
+	if err != nil || !ok || first.DroneID == res.DroneID {
+		return res, err
+	}
+	if err := a.free(ctx, MissionRef{MissionID: in.MissionID, DroneID: res.DroneID}); err != nil {
+		return ReserveResult{}, err
+	}
+	return first, nil
+}
+
+// reservedBefore returns the drone recorded by an earlier reservation.
+func (a *Activities) reservedBefore(ctx context.Context, missionID string) (ReserveResult, bool, error) {
+	effects, err := a.store.Effects(ctx, missionID)
+	if err != nil {
+		return ReserveResult{}, false, err
+	}
+	for _, e := range effects {
+		if e.Kind != EffectReserved {
+			continue
+		}
+		d, err := a.store.Drone(ctx, e.Detail)
+		if err != nil {
+			return ReserveResult{}, false, err
+		}
+		return ReserveResult{DroneID: d.ID, Home: d.Home}, true, nil
+	}
+	return ReserveResult{}, false, nil
+}
+
+func (a *Activities) reserveNew(ctx context.Context, in ReserveInput) (ReserveResult, error) {
 	if in.DroneID != "" {
 		d, err := a.reserve(ctx, in.MissionID, in.DroneID)
 		if err != nil {
 			return ReserveResult{}, err
 		}
-		return ReserveResult{DroneID: d.ID, Home: d.Home}, a.effect(ctx, in.MissionID, EffectReserved, d.ID)
+		return ReserveResult{DroneID: d.ID, Home: d.Home}, nil
 	}
 	drones, err := a.store.Drones(ctx)
 	if err != nil {
 		return ReserveResult{}, err
 	}
-	// A redelivered reservation must find the drone it already holds.
+	// A run that reserved a drone but died before recording it holds it.
 	for _, d := range drones {
 		if d.MissionID == in.MissionID {
-			return ReserveResult{DroneID: d.ID, Home: d.Home}, a.effect(ctx, in.MissionID, EffectReserved, d.ID)
+			return ReserveResult{DroneID: d.ID, Home: d.Home}, nil
 		}
 	}
 	for _, d := range drones {
@@ -211,7 +260,7 @@ func (a *Activities) ReserveDrone(ctx context.Context, in ReserveInput) (Reserve
 		if err != nil {
 			return ReserveResult{}, err
 		}
-		return ReserveResult{DroneID: got.ID, Home: got.Home}, a.effect(ctx, in.MissionID, EffectReserved, got.ID)
+		return ReserveResult{DroneID: got.ID, Home: got.Home}, nil
 	}
 	return ReserveResult{}, fmt.Errorf("%w: all %d drones are reserved, faulted or below %.0f%% battery", ErrNoDroneAvailable, len(drones), a.opts.BatteryFloor*100)
 }
@@ -253,6 +302,7 @@ func (a *Activities) DispatchDrone(ctx context.Context, in DispatchInput) (struc
 			d.DispatchedAt = now
 		}
 		d.Deadline, d.Delivered, d.LastAlarmAt = in.Deadline, false, time.Time{}
+		d.RoutePhase = domain.PhaseHeadedToPickup
 		return nil
 	})
 	if err != nil {
@@ -315,7 +365,7 @@ func (a *Activities) ReleaseDrone(ctx context.Context, m MissionRef) (struct{}, 
 func (a *Activities) free(ctx context.Context, m MissionRef) error {
 	_, err := a.store.UpdateDrone(ctx, m.DroneID, func(d *fleet.Drone) error {
 		if d.MissionID == m.MissionID {
-			d.MissionID, d.Route = "", nil
+			d.MissionID, d.Route, d.RoutePhase = "", nil, ""
 			d.DispatchedAt, d.Deadline, d.Delivered = time.Time{}, time.Time{}, false
 		}
 		return nil

@@ -162,15 +162,19 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 			if !bound {
 				continue
 			}
+			if d.RoutePhase == "" {
+				d.RoutePhase = domain.PhaseHeadedToPickup
+			}
+			d.RoutePhase = domain.Advance(d.RoutePhase, *d.Route, *d.Tracked.State, in.opts.ArrivalRadiusM)
 			// Every meaningful change within the batch is raised, in order:
 			// a landing and a takeoff in one batch are both phase changes.
-			if k := in.signalKey(*d.Tracked.State, *d.Route); k != key {
+			if k := in.signalKey(*d.Tracked.State, *d.Route) + "|" + string(d.RoutePhase); k != key {
 				key = k
-				signals = append(signals, telemetrySignal(*d.Tracked.State))
+				signals = append(signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
 			}
 		}
 		if bound && len(signals) == 0 && d.Tracked.State != nil && now.Sub(d.LastSignalAt) >= in.opts.Heartbeat {
-			signals = append(signals, telemetrySignal(*d.Tracked.State))
+			signals = append(signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
 		}
 		if len(signals) > maxSignalsPerBatch {
 			signals = append(signals[:maxSignalsPerBatch-1], signals[len(signals)-1])
@@ -215,8 +219,8 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 	return len(signals), nil
 }
 
-func telemetrySignal(s domain.DroneState) domain.Signal {
-	return domain.Signal{Kind: domain.SignalTelemetry, State: &s}
+func telemetrySignal(s domain.DroneState, p domain.Phase) domain.Signal {
+	return domain.Signal{Kind: domain.SignalTelemetry, State: &s, Phase: p}
 }
 
 // signalKey summarises what a mission cares about in a drone's state; a

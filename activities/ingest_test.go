@@ -201,3 +201,5 @@ func BenchmarkIngest(b *testing.B) {
 func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func home() domain.LatLon { return domain.LatLon{Lat: 47.6401, Lon: -122.1298} }

@@ -98,7 +98,13 @@ func (w *Watchdog) Scan(ctx context.Context) error {
 	}
 	now := w.opts.Now().UTC()
 	for _, d := range drones {
-		if d.MissionID == "" || d.Route == nil || now.Sub(d.LastAlarmAt) < w.opts.Silence {
+		if d.MissionID != "" && d.Route == nil {
+			// Reserved but not flying: normal for a moment before dispatch
+			// and during compensation, a leak if the mission has ended.
+			w.freeIfEnded(ctx, d)
+			continue
+		}
+		if d.MissionID == "" || now.Sub(d.LastAlarmAt) < w.opts.Silence {
 			continue
 		}
 		sig := domain.Signal{}
@@ -162,7 +168,7 @@ func (w *Watchdog) freeIfEnded(ctx context.Context, d fleet.Drone) bool {
 		if cur.MissionID != d.MissionID {
 			return errNotClaimed
 		}
-		cur.MissionID, cur.Route = "", nil
+		cur.MissionID, cur.Route, cur.RoutePhase = "", nil, ""
 		cur.DispatchedAt, cur.Deadline, cur.Delivered = time.Time{}, time.Time{}, false
 		return nil
 	})

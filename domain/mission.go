@@ -68,6 +68,30 @@ func NextPhase(p Phase, r Route, s DroneState, radiusM float64) Phase {
 	return p
 }
 
+// Successor is the phase after p on a successful mission's path, or p when
+// p is not on that path or is its end.
+func Successor(p Phase) Phase {
+	order := []Phase{PhaseCreated, PhaseDroneReserved, PhaseHeadedToPickup, PhasePickedUp,
+		PhaseHeadedToDropoff, PhaseDelivered, PhaseReturning, PhaseCompleted}
+	for i := 0; i < len(order)-1; i++ {
+		if order[i] == p {
+			return order[i+1]
+		}
+	}
+	return p
+}
+
+// Advance applies NextPhase until state s moves the mission no further.
+func Advance(p Phase, r Route, s DroneState, radiusM float64) Phase {
+	for {
+		n := NextPhase(p, r, s, radiusM)
+		if n == p {
+			return p
+		}
+		p = n
+	}
+}
+
 // CompensationResult records how one undo step went.
 type CompensationResult struct {
 	Step     string `json:"step"`
@@ -160,9 +184,14 @@ const (
 
 // Signal is the payload of a SignalEvent.
 type Signal struct {
-	Kind   string      `json:"kind"`
-	State  *DroneState `json:"state,omitempty"`
-	Reason string      `json:"reason,omitempty"`
+	Kind  string      `json:"kind"`
+	State *DroneState `json:"state,omitempty"`
+	// Phase is how far along its route the drone has flown, derived by
+	// ingestion from every accepted frame in order. It only grows, so a
+	// mission that receives signals out of order (queues do not guarantee
+	// order) still learns every milestone from the newest one.
+	Phase  Phase  `json:"phase,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // PhaseChange is one entry in a mission's timeline.

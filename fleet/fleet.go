@@ -43,10 +43,13 @@ type Drone struct {
 	// flies; LastFrameAt is when its last frame was accepted (receive time)
 	// and LastAlarmAt when the watchdog last raised an alarm for it.
 	DispatchedAt time.Time `json:"dispatchedAt,omitempty"`
-	Deadline     time.Time `json:"deadline,omitempty"`
-	Delivered    bool      `json:"delivered,omitempty"`
-	LastFrameAt  time.Time `json:"lastFrameAt,omitempty"`
-	LastAlarmAt  time.Time `json:"lastAlarmAt,omitempty"`
+	// RoutePhase is how far along Route the drone has flown, advanced by
+	// ingestion frame by frame; signals carry it to the mission.
+	RoutePhase  domain.Phase `json:"routePhase,omitempty"`
+	Deadline    time.Time    `json:"deadline,omitempty"`
+	Delivered   bool         `json:"delivered,omitempty"`
+	LastFrameAt time.Time    `json:"lastFrameAt,omitempty"`
+	LastAlarmAt time.Time    `json:"lastAlarmAt,omitempty"`
 }
 
 // Effect is a side effect an activity performed for a mission, recorded

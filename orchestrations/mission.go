@@ -264,11 +264,16 @@ func (m *mission) onSignal(sig domain.Signal) (bool, any, error) {
 		out, err := m.end(domain.PhaseCancelled, reason)
 		return true, out, err
 	case domain.SignalTelemetry:
-		if sig.State == nil || sig.State.Seq <= m.lastSeq {
-			return false, nil, nil // older than what the mission already saw
+		if sig.State == nil {
+			return false, nil, nil
 		}
 		m.lastTelemetryAt = now
-		return m.onTelemetry(*sig.State)
+		if sig.State.Seq <= m.lastSeq {
+			// Late (signals can overtake each other in queues): its state is
+			// stale, but the route progress it carries may still be news.
+			return m.advanceTo(sig.Phase)
+		}
+		return m.onTelemetry(*sig.State, sig.Phase)
 	case domain.SignalWatchdog:
 		// A telemetry signal handled recently means frames are flowing again.
 		if now.Sub(m.lastTelemetryAt) < m.set.Watchdog/2 {
@@ -287,7 +292,7 @@ func (m *mission) onSignal(sig domain.Signal) (bool, any, error) {
 	return false, nil, nil
 }
 
-func (m *mission) onTelemetry(s domain.DroneState) (bool, any, error) {
+func (m *mission) onTelemetry(s domain.DroneState, reported domain.Phase) (bool, any, error) {
 	m.lastSeq = s.Seq
 	route := *m.status.Route
 	m.status = domain.Aggregate(m.status, route, s, m.ctx.CurrentTimeUtc, m.set.CruiseSpeedMps)
@@ -300,8 +305,22 @@ func (m *mission) onTelemetry(s domain.DroneState) (bool, any, error) {
 			m.status.DroneID, s.Battery*100, m.set.BatteryFloor*100))
 		return true, out, err
 	}
-	for {
-		next := domain.NextPhase(m.status.Phase, route, s, m.set.ArrivalRadiusM)
+	target := domain.Advance(m.status.Phase, route, s, m.set.ArrivalRadiusM)
+	if target.Before(reported) {
+		target = reported
+	}
+	if done, out, err := m.advanceTo(target); done {
+		return done, out, err
+	}
+	m.publish()
+	return false, nil, nil
+}
+
+// advanceTo moves the mission along its path up to target, one phase at a
+// time, running each phase's step.
+func (m *mission) advanceTo(target domain.Phase) (bool, any, error) {
+	for m.status.Phase.Before(target) && !m.status.Phase.Terminal() {
+		next := domain.Successor(m.status.Phase)
 		if next == m.status.Phase {
 			break
 		}
@@ -331,7 +350,6 @@ func (m *mission) onTelemetry(s domain.DroneState) (bool, any, error) {
 		}
 		m.enter(next)
 	}
-	m.publish()
 	return false, nil, nil
 }
 

@@ -414,3 +414,47 @@ func TestInvalidMissionInputFailsCleanly(t *testing.T) {
 		t.Fatalf("status %v, failure %q: want Failed with invalid mission input", md.RuntimeStatus, md.FailureDetails.GetErrorMessage())
 	}
 }
+
+// TestMissionToleratesReorderedSignals delivers the newest telemetry signal
+// first and the older ones after it, as queues may: the route progress each
+// signal carries still walks the mission through every phase, once each.
+func TestMissionToleratesReorderedSignals(t *testing.T) {
+	t.Parallel()
+	calls := &testkit.Calls{}
+	cfg := testkit.Config(t)
+	cfg.ActivityMiddleware = calls.Middleware()
+	w := testkit.Start(t, cfg)
+	ctx := context.Background()
+	id, err := w.StartMission(ctx, testkit.Request("reordered"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := testkit.AwaitDispatched(t, w, id)
+	at := func(seq int64, p domain.LatLon, mode domain.FlightMode, phase domain.Phase) domain.Signal {
+		return domain.Signal{Kind: domain.SignalTelemetry, Phase: phase, State: &domain.DroneState{
+			DeviceID: st.DroneID, Seq: seq, Timestamp: time.Now().UTC(), Battery: 0.8, FlightMode: mode,
+			Position: domain.Position{Lat: p.Lat, Lon: p.Lon},
+			Health:   domain.HealthState{GyrometerOK: true, AccelerometerOK: true, MagnetometerOK: true},
+		}}
+	}
+	r := *st.Route
+	for _, sig := range []domain.Signal{
+		at(40, r.Home, domain.ModeReady, domain.PhaseCompleted), // newest first
+		at(10, r.Pickup, domain.ModeLanding, domain.PhasePickedUp),
+		at(20, r.Dropoff, domain.ModeLanding, domain.PhaseDelivered),
+	} {
+		payload, _ := json.Marshal(sig)
+		if err := w.Client().RaiseEvent(ctx, api.InstanceID(id), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
+	if out.Phase != domain.PhaseCompleted || len(out.Timeline) != 8 {
+		t.Fatalf("phase %s (%s), timeline %v: want Completed through all 8 phases", out.Phase, out.Failure, phases(out))
+	}
+	for _, a := range []string{activities.ConfirmPickup, activities.ConfirmDelivery, activities.CompleteMission} {
+		if n := calls.Count(a, id); n != 1 {
+			t.Errorf("%s ran %d times, want 1", a, n)
+		}
+	}
+}
