@@ -173,9 +173,10 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 				signals = append(signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
 			}
 		}
-		if bound && len(signals) == 0 && d.Tracked.State != nil && now.Sub(d.LastSignalAt) >= in.opts.Heartbeat {
+		if bound && len(signals) == 0 && d.Tracked.State != nil && (d.SignalPending || now.Sub(d.LastSignalAt) >= in.opts.Heartbeat) {
 			signals = append(signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
 		}
+		d.SignalPending = len(signals) > 0
 		if len(signals) > maxSignalsPerBatch {
 			signals = append(signals[:maxSignalsPerBatch-1], signals[len(signals)-1])
 		}
@@ -210,6 +211,10 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 	_, err = in.store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
 		if d.MissionID == missionID && now.After(d.LastSignalAt) {
 			d.LastSignalKey, d.LastSignalAt = key, now
+			// Only if no newer frame came meanwhile: its signal is its own.
+			if !d.LastFrameAt.After(now) {
+				d.SignalPending = false
+			}
 		}
 		return nil
 	})

@@ -203,3 +203,55 @@ func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func home() domain.LatLon { return domain.LatLon{Lat: 47.6401, Lon: -122.1298} }
+
+func (r *recorder) FetchOrchestrationMetadata(_ context.Context, id api.InstanceID) (*api.OrchestrationMetadata, error) {
+	return &api.OrchestrationMetadata{InstanceID: id, RuntimeStatus: api.RUNTIME_STATUS_RUNNING}, nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.signals)
+}
+
+// TestWatchdogRaisesASignalIngestionCouldNotRaise: the last frames of a
+// flight change the drone's state, but raising their signal fails and no
+// frame follows. The watchdog must raise it, or the mission never learns
+// the drone landed.
+func TestWatchdogRaisesASignalIngestionCouldNotRaise(t *testing.T) {
+	t.Parallel()
+	store := openStore(t)
+	route := dispatched(t, store, "d1")
+	rec := &recorder{fail: true}
+	now := time.Now()
+	clock := func() time.Time { return now }
+	in := activities.NewIngestor(store, rec, activities.IngestOptions{Heartbeat: time.Hour, Logger: quiet(), Now: clock})
+	f := simulator.NewFlight(simulator.FlightOptions{DroneID: "d1", Route: route})
+	last, _ := f.Next()
+	if res, err := in.Ingest(context.Background(), decoded([]domain.Frame{last})); err != nil || res.Signals != 0 {
+		t.Fatalf("ingest with raising broken: %+v, %v", res, err)
+	}
+	rec.mu.Lock()
+	rec.fail = false
+	rec.mu.Unlock()
+	wd := activities.NewWatchdog(store, rec, activities.WatchdogOptions{Silence: time.Hour, Logger: quiet(), Now: func() time.Time { return now.Add(time.Second) }})
+	if err := wd.Scan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if rec.count() != 0 {
+		t.Fatal("the watchdog raised a pending signal before ingestion's grace period")
+	}
+	wd = activities.NewWatchdog(store, rec, activities.WatchdogOptions{Silence: time.Hour, Logger: quiet(), Now: func() time.Time { return now.Add(5 * time.Second) }})
+	if err := wd.Scan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if rec.count() != 1 {
+		t.Fatalf("watchdog raised %d signals, want the 1 pending", rec.count())
+	}
+	if err := wd.Scan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if rec.count() != 1 {
+		t.Fatalf("watchdog raised the pending signal again: %d signals", rec.count())
+	}
+}

@@ -104,7 +104,13 @@ func (w *Watchdog) Scan(ctx context.Context) error {
 			w.freeIfEnded(ctx, d)
 			continue
 		}
-		if d.MissionID == "" || now.Sub(d.LastAlarmAt) < w.opts.Silence {
+		if d.MissionID == "" {
+			continue
+		}
+		if d.SignalPending && d.Tracked.State != nil && now.Sub(d.LastFrameAt) >= pendingGrace {
+			w.flush(ctx, d)
+		}
+		if now.Sub(d.LastAlarmAt) < w.opts.Silence {
 			continue
 		}
 		sig := domain.Signal{}
@@ -134,6 +140,37 @@ func (w *Watchdog) Scan(ctx context.Context) error {
 }
 
 var errNotClaimed = errors.New("alarm already raised or no longer due")
+
+// pendingGrace is how long a pending telemetry signal is left to the
+// ingestion that computed it before the watchdog raises it instead.
+const pendingGrace = 2 * time.Second
+
+// flush raises a telemetry signal that ingestion computed but could not
+// raise (storage failed, or its worker died): without it a mission whose
+// drone sent its last frames would never learn of them.
+func (w *Watchdog) flush(ctx context.Context, seen fleet.Drone) {
+	_, err := w.store.UpdateDrone(ctx, seen.ID, func(d *fleet.Drone) error {
+		if !d.SignalPending || !d.LastFrameAt.Equal(seen.LastFrameAt) || d.MissionID != seen.MissionID {
+			return errNotClaimed
+		}
+		d.SignalPending = false
+		return nil
+	})
+	if err != nil {
+		return
+	}
+	payload, _ := json.Marshal(telemetrySignal(*seen.Tracked.State, seen.RoutePhase))
+	if err := w.signal.RaiseEvent(ctx, api.InstanceID(seen.MissionID), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+		// Put the flag back so the next scan tries again.
+		_, _ = w.store.UpdateDrone(ctx, seen.ID, func(d *fleet.Drone) error {
+			d.SignalPending = d.MissionID == seen.MissionID
+			return nil
+		})
+		w.log.Warn("raise pending telemetry signal failed; retrying next scan", "drone", seen.ID, "mission", seen.MissionID, "err", err)
+		return
+	}
+	w.log.Info("raised a pending telemetry signal", "drone", seen.ID, "mission", seen.MissionID)
+}
 
 // claim records the alarm so that no other worker raises it too. It checks
 // the fresh record: a frame accepted since the scan read it cancels a

@@ -37,6 +37,10 @@ type Drone struct {
 	// drone's mission, so only meaningful changes and heartbeats are raised.
 	LastSignalKey string    `json:"lastSignalKey,omitempty"`
 	LastSignalAt  time.Time `json:"lastSignalAt,omitempty"`
+	// SignalPending is set with the state a signal is computed from and
+	// cleared once the signal was raised; a pending signal is raised again
+	// by the next batch or, if no frame comes, by the watchdog.
+	SignalPending bool `json:"signalPending,omitempty"`
 	// Frames counts accepted frames.
 	Frames int64 `json:"frames"`
 	// DispatchedAt, Deadline and Delivered describe the mission the drone
