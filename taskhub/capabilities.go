@@ -78,3 +78,9 @@ type TelemetryQueue interface {
 type RequestCounter interface {
 	RequestCounts() map[string]int64
 }
+
+// Pinger is a backend with a cheap reachability check, used for readiness
+// probes instead of a listing.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}

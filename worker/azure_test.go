@@ -59,6 +59,9 @@ func TestWorkerOnAzureStorage(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `dronehub_storage_requests_total{kind="queue.dequeue"}`) {
 		t.Errorf("/metrics: %d, no storage request counts in:\n%s", code, body)
 	}

@@ -292,7 +292,13 @@ func (w *Worker) ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := w.hub.Backend.ListInstances(ctx, taskhub.Query{PageSize: 1}); err != nil {
+	var err error
+	if p, ok := w.hub.Backend.(taskhub.Pinger); ok {
+		err = p.Ping(ctx)
+	} else {
+		_, err = w.hub.Backend.ListInstances(ctx, taskhub.Query{PageSize: 1})
+	}
+	if err != nil {
 		return fmt.Errorf("storage unreachable: %w", err)
 	}
 	return nil

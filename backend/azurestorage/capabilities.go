@@ -161,3 +161,14 @@ func countRows(ctx context.Context, t *aztables.Client, filter, sel string, key 
 	}
 	return out, nil
 }
+
+var _ taskhub.Pinger = (*Backend)(nil)
+
+// Ping implements taskhub.Pinger with one point read of the hub's metadata
+// row: it proves the account, the credentials and the hub are all there.
+func (b *Backend) Ping(ctx context.Context) error {
+	if _, err := b.leases.GetEntity(ctx, metaPK, metaRK, nil); err != nil {
+		return fmt.Errorf("azurestorage: ping hub %s: %w", b.opts.HubName, err)
+	}
+	return nil
+}

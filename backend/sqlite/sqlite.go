@@ -529,3 +529,8 @@ func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
 	}
 	return info, nil
 }
+
+var _ taskhub.Pinger = (*Backend)(nil)
+
+// Ping implements taskhub.Pinger.
+func (b *Backend) Ping(ctx context.Context) error { return b.db.PingContext(ctx) }
