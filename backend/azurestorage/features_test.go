@@ -308,3 +308,37 @@ func TestIdleRequestRate(t *testing.T) {
 		t.Fatalf("idle worker makes %.0f requests per minute", perMinute)
 	}
 }
+
+// TestLongTimerIsChained: a timer longer than the queue's visibility limit
+// (7 days in Azure Storage, 1 s here) is sent at the limit and sent again on
+// arrival until it is due; it must fire no earlier than its time.
+func TestLongTimerIsChained(t *testing.T) {
+	t.Parallel()
+	b := openTest(t, WithMaxVisibility(Options{Partitions: 1}, time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := task.NewTaskRegistry()
+	r.AddOrchestratorN("Sleeper", func(c *task.OrchestrationContext) (any, error) {
+		if err := c.CreateTimer(3500 * time.Millisecond).Await(nil); err != nil {
+			return nil, err
+		}
+		return c.CurrentTimeUtc.UnixMilli(), nil
+	})
+	startWorker(t, b, r)
+	client := dtbackend.NewTaskHubClient(b)
+	start := time.Now()
+	id, err := client.ScheduleNewOrchestration(ctx, "Sleeper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := client.WaitForOrchestrationCompletion(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+		t.Fatalf("status %v", md.RuntimeStatus)
+	}
+	if took := time.Since(start); took < 3500*time.Millisecond {
+		t.Fatalf("a 3.5 s timer chained through a 1 s visibility limit fired after %s", took)
+	}
+}

@@ -56,8 +56,16 @@ func messageAge(inserted *time.Time, text *string) time.Duration {
 	return max(time.Since(since), 0)
 }
 
-// maxVisibility is kept below the service's 7-day limit.
+// maxVisibility is kept below the service's 7-day limit; a longer delay
+// is chained: the message carries NotBefore and is sent again on arrival.
 const maxVisibility = 7*24*time.Hour - time.Hour
+
+func (b *Backend) maxVisibility() time.Duration {
+	if b.opts.maxVisibility > 0 {
+		return b.opts.maxVisibility
+	}
+	return maxVisibility
+}
 
 // blobName places an instance's blobs under one prefix, so purge finds them.
 func blobPrefix(instance string) string { return escapeKey(instance) + "/" }
@@ -82,8 +90,8 @@ func (b *Backend) send(ctx context.Context, q *azqueue.QueueClient, env envelope
 	var vis int32
 	if !visibleAt.IsZero() {
 		d := time.Until(visibleAt)
-		if d > maxVisibility {
-			d = maxVisibility
+		if limit := b.maxVisibility(); d > limit {
+			d = limit
 			env.NotBefore = visibleAt.UnixMilli()
 		}
 		if d > 0 {
@@ -174,8 +182,10 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 			}
 			continue
 		}
-		if im.env.NotBefore > 0 && time.UnixMilli(im.env.NotBefore).After(now.Add(time.Second)) {
-			// A chained delay: send again for the rest of it.
+		if im.env.NotBefore > 0 && time.UnixMilli(im.env.NotBefore).After(time.Now()) {
+			// A chained delay: send again for the rest of it. Any remainder
+			// counts: visibility is rounded up to whole seconds, so this
+			// makes a timer at most a second late, never early.
 			env := im.env
 			env.NotBefore = 0
 			if err := b.send(ctx, q, env, nil, time.UnixMilli(im.env.NotBefore)); err != nil {

@@ -44,6 +44,10 @@ type Options struct {
 	Counter *Counter
 	// Logger receives logs; default slog.Default().
 	Logger *slog.Logger
+
+	// maxVisibility replaces the 7-day visibility limit in tests, so that
+	// chaining can be observed in seconds.
+	maxVisibility time.Duration
 }
 
 func (o Options) withDefaults() Options {
