@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/dronehub/dronehub/backend/azurestorage"
 )
@@ -12,6 +13,15 @@ func openAzure(ctx context.Context, conn string, opts Options) (*Hub, error) {
 	cfg, err := azurestorage.ParseConnectionString(conn)
 	if err != nil {
 		return nil, err
+	}
+	if opts.MustExist {
+		exists, err := azurestorage.HubExists(ctx, conn, opts.HubName)
+		if err != nil {
+			return nil, err
+		}
+		if !exists {
+			return nil, fmt.Errorf("%w: no hub %q in %s", ErrHubNotFound, opts.HubName, cfg)
+		}
 	}
 	b, err := azurestorage.Open(ctx, azurestorage.Options{
 		ConnectionString: conn,

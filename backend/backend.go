@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -44,9 +45,15 @@ type Options struct {
 	// Storage hub (1-16, default 4), fixed when the hub is created. Ignored
 	// by SQLite.
 	Partitions int
+	// MustExist makes Open fail with ErrHubNotFound instead of creating a
+	// hub that does not exist yet (for inspection and deletion).
+	MustExist bool
 	// Logger receives backend logs; default slog.Default().
 	Logger *slog.Logger
 }
+
+// ErrHubNotFound is returned by Open with MustExist for a missing hub.
+var ErrHubNotFound = errors.New("task hub not found")
 
 // Hub is an open task hub and the domain store that lives beside it.
 type Hub struct {
@@ -110,6 +117,11 @@ func Open(ctx context.Context, conn string, opts Options) (*Hub, error) {
 		}
 		if path == "" {
 			path = DefaultSQLitePath
+		}
+		if opts.MustExist {
+			if _, err := os.Stat(path); err != nil {
+				return nil, fmt.Errorf("%w: no SQLite file %s", ErrHubNotFound, path)
+			}
 		}
 		b, err := sqlite.Open(ctx, sqlite.Options{Path: path, LockTimeout: opts.LockTimeout, Logger: opts.Logger})
 		if err != nil {

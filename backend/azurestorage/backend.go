@@ -186,6 +186,30 @@ func (b *Backend) CreateTaskHub(ctx context.Context) error {
 	return dtbackend.ErrTaskHubExists
 }
 
+// HubExists reports whether the hub named hub exists in the storage account
+// of the connection string, without creating anything.
+func HubExists(ctx context.Context, conn, hub string) (bool, error) {
+	if hub == "" {
+		hub = DefaultHubName
+	}
+	cfg, err := ParseConnectionString(conn)
+	if err != nil {
+		return false, err
+	}
+	cl, err := newClients(cfg, &Counter{})
+	if err != nil {
+		return false, err
+	}
+	_, err = cl.table.NewClient(newNames(hub, 1).leaseTable).GetEntity(ctx, metaPK, metaRK, nil)
+	switch {
+	case err == nil:
+		return true, nil
+	case isNotFound(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("azurestorage: look up hub %s: %w", hub, err)
+}
+
 // recordedPartitions reads the partition count an existing hub was created
 // with; ok is false for a hub that does not exist yet.
 func recordedPartitions(ctx context.Context, cl *clients, hub string) (int, bool) {

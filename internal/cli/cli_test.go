@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -221,6 +222,12 @@ func (l *lockedBuffer) String() string {
 func TestHubCommands(t *testing.T) {
 	t.Parallel()
 	db := t.TempDir() + "/hub.db"
+	if code, _, errOut := run(t, nil, "hub", "info", "--storage", db); code != 1 || !strings.Contains(errOut, "task hub not found") || !strings.Contains(errOut, "dronehub hub create") {
+		t.Fatalf("info on a missing hub: exit %d, %q: want not found, suggesting hub create", code, errOut)
+	}
+	if _, err := os.Stat(db); err == nil {
+		t.Fatal("hub info created the missing hub")
+	}
 	if code, out, errOut := run(t, nil, "hub", "create", "--storage", db); code != 0 || !strings.Contains(out, "is ready") {
 		t.Fatalf("create: exit %d, %q %q", code, out, errOut)
 	}
@@ -244,6 +251,9 @@ func TestHubInfoOnAzurite(t *testing.T) {
 	t.Parallel()
 	srv := azurite.Start(t, azurite.Options{})
 	env := map[string]string{"DRONEHUB_STORAGE": srv.ConnectionString(), "DRONEHUB_HUB": testkit.HubName()}
+	if code, _, errOut := run(t, env, "hub", "delete", "--yes"); code != 1 || !strings.Contains(errOut, "task hub not found") {
+		t.Fatalf("delete of a missing hub: exit %d, %q", code, errOut)
+	}
 	if code, _, errOut := run(t, env, "hub", "create", "--partitions", "2"); code != 0 {
 		t.Fatalf("create: exit %d, %s", code, errOut)
 	}

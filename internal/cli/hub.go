@@ -47,7 +47,10 @@ func (a *App) hub(ctx context.Context, args []string) error {
 		return errors.New("hub delete removes every instance, history and dead letter of the hub; add --yes to confirm")
 	}
 	logger, _ := newLogger(io.Discard, "error", "text")
-	hub, err := backend.Open(ctx, *storage, backend.Options{HubName: *name, Partitions: *partitions, Logger: logger})
+	hub, err := backend.Open(ctx, *storage, backend.Options{HubName: *name, Partitions: *partitions, MustExist: cmd != "create", Logger: logger})
+	if errors.Is(err, backend.ErrHubNotFound) {
+		return fmt.Errorf("%w; create it with: dronehub hub create", err)
+	}
 	if err != nil {
 		return err
 	}
