@@ -28,6 +28,7 @@ func openAzure(ctx context.Context, conn string, opts Options) (*Hub, error) {
 		HubName:          opts.HubName,
 		LockTimeout:      opts.LockTimeout,
 		Partitions:       opts.Partitions,
+		MaxDequeueCount:  opts.MaxDequeueCount,
 		Logger:           opts.Logger,
 	})
 	if err != nil {

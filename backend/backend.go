@@ -45,6 +45,9 @@ type Options struct {
 	// Storage hub (1-16, default 4), fixed when the hub is created. Ignored
 	// by SQLite.
 	Partitions int
+	// MaxDequeueCount is how many times a work item may be fetched without
+	// completing before it is set aside as a dead letter; default 10.
+	MaxDequeueCount int
 	// MustExist makes Open fail with ErrHubNotFound instead of creating a
 	// hub that does not exist yet (for inspection and deletion).
 	MustExist bool
@@ -123,7 +126,7 @@ func Open(ctx context.Context, conn string, opts Options) (*Hub, error) {
 				return nil, fmt.Errorf("%w: no SQLite file %s", ErrHubNotFound, path)
 			}
 		}
-		b, err := sqlite.Open(ctx, sqlite.Options{Path: path, LockTimeout: opts.LockTimeout, Logger: opts.Logger})
+		b, err := sqlite.Open(ctx, sqlite.Options{Path: path, LockTimeout: opts.LockTimeout, MaxDequeueCount: opts.MaxDequeueCount, Logger: opts.Logger})
 		if err != nil {
 			return nil, err
 		}

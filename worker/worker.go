@@ -45,6 +45,9 @@ type Config struct {
 	// LockTimeout is how long a fetched work item stays locked to this
 	// worker; a crashed worker's work moves on after it. Default 2 minutes.
 	LockTimeout time.Duration
+	// MaxDequeueCount is how many times a work item may be fetched without
+	// completing before it is set aside as a dead letter; default 10.
+	MaxDequeueCount int
 	// Partitions is the control-queue partition count of a new Azure Storage
 	// hub (1-16, default 4); an existing hub keeps its own.
 	Partitions int
@@ -141,7 +144,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Partitions: cfg.Partitions, Logger: cfg.Logger})
+	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Partitions: cfg.Partitions, MaxDequeueCount: cfg.MaxDequeueCount, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +181,7 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 			return nil, fmt.Errorf("register user tasks: %w", err)
 		}
 	}
-	exec := task.NewTaskExecutor(reg)
+	exec := safeExecutor{Executor: task.NewTaskExecutor(reg), log: log}
 	dl := taskhub.Logger(log)
 	ow := dtbackend.NewOrchestrationWorker(hub.Backend, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.OrchestrationConcurrency)))
 	aw := dtbackend.NewActivityTaskWorker(hub.Backend, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.ActivityConcurrency)))

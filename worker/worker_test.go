@@ -8,10 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/task"
+
 	"github.com/dronehub/dronehub/backend"
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/internal/testkit"
 	"github.com/dronehub/dronehub/orchestrations"
+	"github.com/dronehub/dronehub/taskhub"
 	"github.com/dronehub/dronehub/worker"
 )
 
@@ -82,5 +86,37 @@ func TestStartMissionValidates(t *testing.T) {
 	md := testkit.Metadata(t, w, id)
 	if md.Name != orchestrations.DeliveryMissionName {
 		t.Fatalf("started %q, want %s", md.Name, orchestrations.DeliveryMissionName)
+	}
+}
+
+// TestPanickingOrchestratorDoesNotKillTheWorker registers a user
+// orchestration with a bug: the worker must survive it, set its work aside
+// as a dead letter, and keep flying missions.
+func TestPanickingOrchestratorDoesNotKillTheWorker(t *testing.T) {
+	t.Parallel()
+	cfg := testkit.Config(t)
+	cfg.LockTimeout = time.Second
+	cfg.MaxDequeueCount = 3
+	cfg.Register = func(r *task.TaskRegistry) error {
+		return r.AddOrchestratorN("Buggy", func(ctx *task.OrchestrationContext) (any, error) {
+			panic("a bug in a user's orchestration")
+		})
+	}
+	w := testkit.Start(t, cfg)
+	ctx := context.Background()
+	if _, err := w.Client().ScheduleNewOrchestration(ctx, "Buggy", api.WithInstanceID("buggy-1")); err != nil {
+		t.Fatal(err)
+	}
+	dl := w.Backend().(taskhub.DeadLetterer)
+	testkit.Eventually(t, 90*time.Second, "the panicking instance's work to be dead-lettered", func() bool {
+		letters, err := dl.DeadLetters(ctx)
+		return err == nil && len(letters) == 1 && letters[0].InstanceID == "buggy-1"
+	})
+	id, err := w.StartMission(ctx, testkit.Request("after-the-bug"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := testkit.AwaitDispatched(t, w, id); st.DroneID == "" {
+		t.Fatal("the worker stopped working after the panic")
 	}
 }

@@ -134,7 +134,7 @@ func (a *App) parse(fs *flag.FlagSet, args []string) error {
 type workerFlags struct {
 	listen, storage, hub, apiKeys, logLevel, logFormat string
 	insecure                                           bool
-	orchConc, actConc, seedDrones, partitions          int
+	orchConc, actConc, seedDrones, partitions, maxDeq  int
 	watchdog, heartbeat, lockTimeout, grace            time.Duration
 	batteryFloor                                       float64
 }
@@ -145,6 +145,7 @@ func (a *App) worker(ctx context.Context, args []string) error {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "HTTP listen address")
 	fs.StringVar(&f.storage, "storage", "", "task hub connection string: a SQLite file (default dronehub.db), UseDevelopmentStorage=true for Azurite, or an Azure Storage connection string or account URL")
 	fs.StringVar(&f.hub, "hub", "dronehub", "task hub name (Azure Storage)")
+	fs.IntVar(&f.maxDeq, "max-dequeue-count", 10, "fetches of a work item without completing before it is set aside as a dead letter")
 	fs.IntVar(&f.partitions, "partitions", 0, "control-queue partitions of a new Azure Storage hub (1-16, default 4)")
 	fs.StringVar(&f.apiKeys, "api-keys", "", "comma-separated API keys required as 'Authorization: Bearer KEY' on /api")
 	fs.BoolVar(&f.insecure, "insecure", false, "allow listening on a non-loopback address without API keys")
@@ -185,6 +186,7 @@ func (a *App) worker(ctx context.Context, args []string) error {
 		ActivityConcurrency:      f.actConc,
 		LockTimeout:              f.lockTimeout,
 		Partitions:               f.partitions,
+		MaxDequeueCount:          f.maxDeq,
 		Mission:                  orchestrations.MissionSettings{Watchdog: f.watchdog, BatteryFloor: f.batteryFloor},
 		Heartbeat:                f.heartbeat,
 		SeedDrones:               seed,
