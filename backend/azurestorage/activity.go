@@ -11,17 +11,21 @@ import (
 	"github.com/dronehub/dronehub/taskhub"
 )
 
-// activityBatch is how many activity messages one dequeue takes; they wait
-// in memory, so it stays small.
+// activityBatch is the most activity messages one dequeue takes.
 const activityBatch = 8
 
 // GetActivityWorkItem waits until an activity is ready or ctx ends, like
-// GetOrchestrationWorkItem.
+// GetOrchestrationWorkItem. A dequeue takes no more messages than there
+// are callers waiting (each caller holds a free execution slot), so
+// prefetched messages are handed out at once instead of waiting in memory
+// while their lock runs out.
 func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityWorkItem, error) {
+	b.actWaiters.Add(1)
+	defer b.actWaiters.Add(-1)
 	var idle time.Duration
 	for {
 		wake := b.actWake.C()
-		if m := b.takeActivity(); m != nil {
+		if m := b.takeActivity(ctx); m != nil {
 			return &dtbackend.ActivityWorkItem{
 				InstanceID: api.InstanceID(m.env.Instance),
 				NewEvent:   m.event,
@@ -33,7 +37,8 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 			return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
 		}
 		sctx, cancel := b.storageCtx(ctx)
-		msgs, err := b.dequeue(sctx, b.work, -1, activityBatch)
+		n := int32(min(max(b.actWaiters.Load(), 1), activityBatch))
+		msgs, err := b.dequeue(sctx, b.work, -1, n)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("azurestorage: poll activity queue", "err", err)
@@ -42,6 +47,9 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 			b.mu.Lock()
 			b.actBuf = append(b.actBuf, msgs...)
 			b.mu.Unlock()
+			if len(msgs) > 1 {
+				b.actWake.Notify()
+			}
 			idle = 0
 			continue
 		}
@@ -52,19 +60,30 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 	}
 }
 
-// takeActivity returns the next buffered activity message whose lock still
-// has at least half its time left; older ones are left to reappear.
-func (b *Backend) takeActivity() *inMsg {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for len(b.actBuf) > 0 {
+// takeActivity returns the next buffered activity message. One that has
+// waited past half its lock has the lock renewed first (which does not
+// count as a delivery), so it never expires in memory.
+func (b *Backend) takeActivity(ctx context.Context) *inMsg {
+	for {
+		b.mu.Lock()
+		if len(b.actBuf) == 0 {
+			b.mu.Unlock()
+			return nil
+		}
 		m := b.actBuf[0]
 		b.actBuf = b.actBuf[1:]
+		b.mu.Unlock()
 		if time.Since(m.dequeuedAt) < b.opts.LockTimeout/2 {
 			return m
 		}
+		sctx, cancel := b.storageCtx(ctx)
+		err := b.renew(sctx, m)
+		cancel()
+		if err == nil {
+			return m
+		}
+		b.log.Debug("azurestorage: renew a buffered activity message", "err", err)
 	}
-	return nil
 }
 
 func activityMsg(wi *dtbackend.ActivityWorkItem) (*inMsg, error) {
@@ -96,6 +115,9 @@ func (b *Backend) CompleteActivityWorkItem(ctx context.Context, wi *dtbackend.Ac
 	b.orchWake.Notify()
 	if err := b.deleteMsg(ctx, m); err != nil {
 		return err
+	}
+	if m.env.Blob != "" {
+		b.deleteBlob(ctx, m.env.Blob) // only after its message is gone (see dequeue)
 	}
 	return nil
 }

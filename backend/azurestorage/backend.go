@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
@@ -53,8 +54,14 @@ type Backend struct {
 	ready    []string            // instances with pending messages, oldest first
 	inflight map[string]bool     // instances in a work item
 	actBuf   []*inMsg            // dequeued activity messages
+	// actWaiters counts GetActivityWorkItem calls in progress.
+	actWaiters atomic.Int32
 	timers   []time.Time         // due times of delayed messages this process sent
 	lm       *leaseManager
+	// confirmed holds, per instance, the seenKeys of consumed messages
+	// whose deletion succeeded since its last commit (see dedupe.go).
+	confirmed map[string]map[string]bool
+	blobs     *blobCache
 
 	bg     context.Context // ends at Close
 	cancel context.CancelFunc
@@ -96,6 +103,9 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 		tele:     cl.queue.NewQueueClient(n.telemetry),
 		pending:  map[string][]*inMsg{},
 		inflight: map[string]bool{},
+		// Large events and properties read by episodes; bounded memory.
+		blobs:     newBlobCache(64 << 20),
+		confirmed: map[string]map[string]bool{},
 	}
 	for p := 0; p < n.partitions; p++ {
 		b.control = append(b.control, cl.queue.NewQueueClient(n.controlQueue(p)))
@@ -123,7 +133,22 @@ func (b *Backend) Counter() *Counter { return b.opts.Counter }
 
 // Close releases partition leases and stops background work. Stop the
 // worker using the backend first.
+//
+// Messages it has dequeued but not handed out are made visible again at
+// once, so a deploy does not leave them locked for LockTimeout.
 func (b *Backend) Close() error {
+	b.mu.Lock()
+	var idle []*inMsg
+	for id, list := range b.pending {
+		if !b.inflight[id] {
+			idle = append(idle, list...)
+			delete(b.pending, id)
+		}
+	}
+	idle = append(idle, b.actBuf...)
+	b.actBuf = nil
+	b.mu.Unlock()
+	b.releaseAll(idle, 0)
 	b.cancel()
 	b.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

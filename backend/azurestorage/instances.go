@@ -2,6 +2,8 @@ package azurestorage
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -18,17 +20,6 @@ import (
 
 	"github.com/dronehub/dronehub/taskhub"
 )
-
-// Row keys inside an instance's partition of <Hub>History.
-const (
-	sentinelRK   = "meta" // status row; its ETag guards every commit
-	historyRKPre = "h|"   // h|<16 hex digits>: one history event
-	stashRKPre   = "s|"   // s|<unix nanos>|<message id>: an event that arrived before the instance started
-	maxSeen      = 64     // message ids remembered in the sentinel to drop redelivered copies
-	seenSep      = ","
-)
-
-func historyRK(seq int) string { return fmt.Sprintf("%s%016x", historyRKPre, seq) }
 
 // getSentinel reads an instance's status row; (nil, "", nil) if absent.
 func (b *Backend) getSentinel(ctx context.Context, id string) (entity, azcore.ETag, error) {
@@ -59,25 +50,57 @@ func sentinelStatus(e entity) api.OrchestrationStatus {
 	return s
 }
 
-// setLarge stores a string property, moving it to a blob if too large.
-func (b *Backend) setLarge(ctx context.Context, e entity, instance, name, value string) error {
-	if len(value)*2 <= maxInlineProperty { // UTF-16 size bound
-		e[name] = value
-		e[name+"Blob"] = ""
-		return nil
+// setLarge stores a string property of a status row, moving it to a blob
+// when it is too large for a property (64 KiB of UTF-16). A value equal to
+// the one already in a blob keeps that blob. It returns the blob the row
+// no longer refers to (to delete once the row is committed) and the blob
+// it uploaded (to delete if the row is not).
+func (b *Backend) setLarge(ctx context.Context, e entity, instance, name, value string) (replaced, fresh string, err error) {
+	prev := e.str(name + "Blob")
+	if len(value)*2 <= maxInlineProperty {
+		e[name], e[name+"Blob"] = value, ""
+		delete(e, name+"Hash")
+		return prev, "", nil
+	}
+	sum := sha256.Sum256([]byte(value))
+	hash := hex.EncodeToString(sum[:16])
+	if prev != "" && e.str(name+"Hash") == hash {
+		return "", "", nil
 	}
 	blob := blobPrefix(instance) + "prop-" + strings.ToLower(name) + "-" + uuid.NewString() + ".gz"
 	if err := b.putBlob(ctx, blob, []byte(value)); err != nil {
-		return err
+		return "", "", err
 	}
-	e[name] = ""
-	e[name+"Blob"] = blob
+	e[name], e[name+"Blob"], e[name+"Hash"] = "", blob, hash
+	return prev, blob, nil
+}
+
+// setLargeBinary is setLarge for a binary property (nil clears it).
+func (b *Backend) setLargeBinary(ctx context.Context, e entity, instance, name string, value []byte, replaced, fresh *[]string) error {
+	if prev := e.str(name + "Blob"); prev != "" {
+		*replaced = append(*replaced, prev)
+	}
+	delete(e, name)
+	delete(e, name+"@odata.type")
+	e[name+"Blob"] = ""
+	switch {
+	case value == nil:
+	case len(value) <= maxInlineProperty:
+		e.setBinary(name, value)
+	default:
+		blob := blobPrefix(instance) + "prop-" + strings.ToLower(name) + "-" + uuid.NewString() + ".gz"
+		if err := b.putBlob(ctx, blob, value); err != nil {
+			return err
+		}
+		e[name+"Blob"] = blob
+		*fresh = append(*fresh, blob)
+	}
 	return nil
 }
 
 func (b *Backend) getLarge(ctx context.Context, e entity, name string) (string, error) {
 	if blob := e.str(name + "Blob"); blob != "" {
-		data, err := b.getBlob(ctx, blob)
+		data, err := b.getBlobCached(ctx, blob)
 		return string(data), err
 	}
 	return e.str(name), nil
@@ -98,8 +121,16 @@ func (b *Backend) metadata(ctx context.Context, e entity) (*api.OrchestrationMet
 	if err != nil {
 		return nil, err
 	}
+	name, err := b.getLarge(ctx, e, "Name")
+	if err != nil {
+		return nil, err
+	}
 	var fd *dtbackend.TaskFailureDetails
-	if raw, err := e.binary("FailureDetails"); err != nil {
+	raw, err := e.binary("FailureDetails")
+	if blob := e.str("FailureDetailsBlob"); blob != "" && err == nil {
+		raw, err = b.getBlobCached(ctx, blob)
+	}
+	if err != nil {
 		return nil, err
 	} else if len(raw) > 0 {
 		fd = &dtbackend.TaskFailureDetails{}
@@ -107,7 +138,7 @@ func (b *Backend) metadata(ctx context.Context, e entity) (*api.OrchestrationMet
 			return nil, fmt.Errorf("azurestorage: instance %s failure details: %w", id, err)
 		}
 	}
-	return api.NewOrchestrationMetadata(api.InstanceID(id), e.str("Name"), sentinelStatus(e),
+	return api.NewOrchestrationMetadata(api.InstanceID(id), name, sentinelStatus(e),
 		parseTime(e.str("CreatedTime")), parseTime(e.str("LastUpdatedTime")), input, output, custom, fd), nil
 }
 
@@ -129,14 +160,21 @@ func (b *Backend) newSentinel(ctx context.Context, start *dtbackend.HistoryEvent
 	id := es.GetOrchestrationInstance().GetInstanceId()
 	e := newEntity(escapeKey(id), sentinelRK)
 	e["InstanceID"] = id
-	e["Name"] = es.GetName()
 	e["Status"] = taskhub.StorageName(api.RUNTIME_STATUS_PENDING)
 	e["ExecutionID"] = es.GetOrchestrationInstance().GetExecutionId().GetValue()
 	e["CreatedTime"] = formatTime(start.GetTimestamp().AsTime())
 	e["LastUpdatedTime"] = formatTime(time.Now())
 	e["HistoryCount"] = 0
-	if err := b.setLarge(ctx, e, id, "Input", es.GetInput().GetValue()); err != nil {
-		return nil, err
+	var blobs []string
+	for _, p := range [][2]string{{"Name", es.GetName()}, {"Input", es.GetInput().GetValue()}} {
+		_, blob, err := b.setLarge(ctx, e, id, p[0], p[1])
+		if blob != "" {
+			blobs = append(blobs, blob)
+		}
+		if err != nil {
+			b.deleteBlobs(ctx, blobs)
+			return nil, err
+		}
 	}
 	return e, nil
 }
@@ -158,7 +196,7 @@ func (b *Backend) CreateOrchestrationInstance(ctx context.Context, e *dtbackend.
 			return err
 		}
 	}
-	err := b.createInstance(ctx, e, policy)
+	err := b.createInstance(ctx, e, policy, "")
 	if errors.Is(err, api.ErrIgnoreInstance) {
 		return nil
 	}
@@ -168,7 +206,11 @@ func (b *Backend) CreateOrchestrationInstance(ctx context.Context, e *dtbackend.
 	return err
 }
 
-func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent, policy *api.OrchestrationIdReusePolicy) error {
+// createInstance creates the instance e starts, applying policy to an
+// existing one. msgID names the start message ("" for a fresh id). An
+// instance that already runs e's execution (a create sent again) is left
+// as it is.
+func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent, policy *api.OrchestrationIdReusePolicy, msgID string) error {
 	es := e.GetExecutionStarted()
 	id := es.GetOrchestrationInstance().GetInstanceId()
 	if id == "" {
@@ -177,6 +219,9 @@ func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent,
 	existing, _, err := b.getSentinel(ctx, id)
 	if err != nil {
 		return err
+	}
+	if existing != nil && existing.str("ExecutionID") == es.GetOrchestrationInstance().GetExecutionId().GetValue() && !existing.boolean("Purging") {
+		return nil
 	}
 	if existing != nil {
 		status := sentinelStatus(existing)
@@ -205,7 +250,10 @@ func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent,
 	if t, ok := taskhub.ScheduledStart([]*dtbackend.HistoryEvent{e}, time.Now()); ok {
 		at = t
 	}
-	env := envelope{ID: uuid.NewString(), Instance: id}
+	if msgID == "" {
+		msgID = uuid.NewString()
+	}
+	env := envelope{ID: msgID, Instance: id}
 	if err := b.send(ctx, b.controlFor(id), env, e, at); err != nil {
 		return err
 	}
@@ -261,6 +309,13 @@ func (b *Backend) PurgeOrchestrationState(ctx context.Context, id api.InstanceID
 	return b.purge(ctx, string(id), true)
 }
 
+// purge deletes an instance. It first fences the instance: it marks the
+// sentinel Purging, conditional on the ETag it read, which fails every
+// commit prepared before (their ETag no longer matches), and no episode
+// starts on a Purging instance (buildWorkItem holds its messages back).
+// Only then are the rows deleted, the sentinel last and only if still
+// unchanged, then the blobs. A purge that dies half way leaves a Purging
+// instance that a later purge (or replacement) finishes.
 func (b *Backend) purge(ctx context.Context, id string, requireCompleted bool) error {
 	e, etag, err := b.getSentinel(ctx, id)
 	if err != nil {
@@ -269,14 +324,33 @@ func (b *Backend) purge(ctx context.Context, id string, requireCompleted bool) e
 	if e == nil {
 		return api.ErrInstanceNotFound
 	}
-	if requireCompleted {
-		switch sentinelStatus(e) {
-		case api.RUNTIME_STATUS_COMPLETED, api.RUNTIME_STATUS_FAILED, api.RUNTIME_STATUS_TERMINATED:
-		default:
-			return api.ErrNotCompleted
+	pk := escapeKey(id)
+	if !e.boolean("Purging") {
+		if requireCompleted {
+			switch sentinelStatus(e) {
+			case api.RUNTIME_STATUS_COMPLETED, api.RUNTIME_STATUS_FAILED, api.RUNTIME_STATUS_TERMINATED:
+			default:
+				return api.ErrNotCompleted
+			}
+		}
+		mark := newEntity(pk, sentinelRK)
+		mark["Purging"] = true
+		err := b.storage(ctx, "purge instance", func(ctx context.Context) error {
+			resp, err := b.history.UpdateEntity(ctx, mark.marshal(), &aztables.UpdateEntityOptions{IfMatch: &etag, UpdateMode: aztables.UpdateModeMerge})
+			if err == nil {
+				etag = resp.ETag
+			}
+			return err
+		})
+		switch {
+		case isPrecondition(err):
+			return fmt.Errorf("azurestorage: purge %s: the instance changed during the purge: %w", id, api.ErrNotCompleted)
+		case isNotFound(err):
+			return api.ErrInstanceNotFound
+		case err != nil:
+			return fmt.Errorf("azurestorage: purge %s: %w", id, err)
 		}
 	}
-	pk := escapeKey(id)
 	rows, err := b.partitionRows(ctx, pk, true)
 	if err != nil {
 		return err
@@ -286,7 +360,7 @@ func (b *Backend) purge(ctx context.Context, id string, requireCompleted bool) e
 		if len(actions) == 0 {
 			return nil
 		}
-		_, err := b.history.SubmitTransaction(ctx, actions, nil)
+		err := b.submit(ctx, actions)
 		actions = actions[:0]
 		if err != nil {
 			return fmt.Errorf("azurestorage: purge %s: %w", id, err)
@@ -307,15 +381,17 @@ func (b *Backend) purge(ctx context.Context, id string, requireCompleted bool) e
 	if err := flush(); err != nil {
 		return err
 	}
-	// The sentinel goes last (and only if unchanged), so a purge that dies
-	// half way can be run again.
-	if _, err := b.history.DeleteEntity(ctx, pk, sentinelRK, &aztables.DeleteEntityOptions{IfMatch: &etag}); err != nil && !isNotFound(err) {
+	err = b.storage(ctx, "purge instance", func(ctx context.Context) error {
+		_, err := b.history.DeleteEntity(ctx, pk, sentinelRK, &aztables.DeleteEntityOptions{IfMatch: &etag})
+		return err
+	})
+	if err != nil && !isNotFound(err) {
 		if isPrecondition(err) {
 			return fmt.Errorf("azurestorage: purge %s: the instance changed during the purge: %w", id, api.ErrNotCompleted)
 		}
 		return fmt.Errorf("azurestorage: purge %s: %w", id, err)
 	}
-	return b.deleteBlobs(ctx, blobPrefix(id))
+	return b.deleteBlobsUnder(ctx, blobPrefix(id))
 }
 
 // partitionRows reads every row of an instance partition (one range query).

@@ -3,6 +3,7 @@ package azurestorage
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -12,6 +13,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	"github.com/google/uuid"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
 )
 
@@ -36,6 +38,14 @@ type envelope struct {
 	// VisibleAt (unix ms) is when a delayed message becomes visible, so
 	// its queue's lag is measured from then, not from when it was sent.
 	VisibleAt int64 `json:"va,omitempty"`
+	// From names the orchestration that sent the message from its outbox
+	// (events, terminations, answers to a parent); such a message can be
+	// re-sent after a crash, so its id is remembered longer (dedupe.go).
+	From string `json:"f,omitempty"`
+	// Wake marks a message that carries no event: it makes the instance's
+	// owner load it again (to consume stashed events left over by an
+	// episode that could not take them all).
+	Wake bool `json:"w,omitempty"`
 }
 
 // messageAge is how long a visible message has waited: since it became
@@ -73,21 +83,40 @@ func blobPrefix(instance string) string { return escapeKey(instance) + "/" }
 // send enqueues env's event to q, visible at visibleAt (zero: now), moving a
 // large event to a blob first.
 func (b *Backend) send(ctx context.Context, q *azqueue.QueueClient, env envelope, e *dtbackend.HistoryEvent, visibleAt time.Time) error {
-	if e != nil {
-		payload, err := dtbackend.MarshalHistoryEvent(e)
-		if err != nil {
-			return err
-		}
-		env.Event = payload
+	env, _, err := b.prepare(ctx, env, e)
+	if err != nil {
+		return err
 	}
-	if len(env.Event)*4/3 > maxInlineMessage {
-		name := blobPrefix(env.Instance) + "msg-" + env.ID + ".gz"
-		if err := b.putBlob(ctx, name, env.Event); err != nil {
-			return err
+	return b.enqueue(ctx, q, env, visibleAt)
+}
+
+// prepare puts e into env, or into a new blob (whose name it returns) when
+// it is too large for a queue message. Blob names are fresh, never reused:
+// a blob is deleted only after the message that names it was consumed.
+func (b *Backend) prepare(ctx context.Context, env envelope, e *dtbackend.HistoryEvent) (envelope, string, error) {
+	if e == nil {
+		return env, "", nil
+	}
+	payload, err := dtbackend.MarshalHistoryEvent(e)
+	if err != nil {
+		return env, "", err
+	}
+	env.Event, env.Blob = payload, ""
+	if len(payload)*4/3 > maxInlineMessage {
+		name := blobPrefix(env.Instance) + "msg-" + uuid.NewString() + ".gz"
+		if err := b.putBlob(ctx, name, payload); err != nil {
+			return env, "", err
 		}
 		env.Event, env.Blob = nil, name
+		return env, name, nil
 	}
+	return env, "", nil
+}
+
+// enqueue sends a prepared envelope to q, visible at visibleAt (zero: now).
+func (b *Backend) enqueue(ctx context.Context, q *azqueue.QueueClient, env envelope, visibleAt time.Time) error {
 	var vis int32
+	env.NotBefore, env.VisibleAt = 0, 0
 	if !visibleAt.IsZero() {
 		d := time.Until(visibleAt)
 		if limit := b.maxVisibility(); d > limit {
@@ -137,6 +166,12 @@ func (b *Backend) decode(ctx context.Context, m *inMsg) error {
 	if err := json.Unmarshal([]byte(m.content), &m.env); err != nil {
 		return fmt.Errorf("message is not a task hub envelope: %w", err)
 	}
+	if m.env.ID == "" || m.env.Instance == "" {
+		return errors.New("message is not a task hub envelope: no id or instance")
+	}
+	if m.env.Wake {
+		return nil
+	}
 	payload := m.env.Event
 	if m.env.Blob != "" {
 		var err error
@@ -147,6 +182,9 @@ func (b *Backend) decode(ctx context.Context, m *inMsg) error {
 	e, err := dtbackend.UnmarshalHistoryEvent(payload)
 	if err != nil {
 		return err
+	}
+	if e.GetEventType() == nil {
+		return errors.New("message has no event")
 	}
 	m.event = e
 	return nil
@@ -177,6 +215,13 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 			continue
 		}
 		if err := b.decode(ctx, im); err != nil {
+			if isNotFound(err) {
+				// A message's blob is deleted only after the message was
+				// consumed: this is a copy of a consumed message.
+				b.log.Debug("azurestorage: dropping a copy of a consumed message (its blob is gone)", "queue", queueName(q), "instance", im.env.Instance)
+				b.deleteMsg(ctx, im)
+				continue
+			}
 			if err := b.deadLetter(ctx, im, "unreadable: "+err.Error()); err != nil {
 				b.log.Warn("azurestorage: dead-letter failed", "queue", queueName(q), "err", err)
 			}
@@ -186,9 +231,7 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 			// A chained delay: send again for the rest of it. Any remainder
 			// counts: visibility is rounded up to whole seconds, so this
 			// makes a timer at most a second late, never early.
-			env := im.env
-			env.NotBefore = 0
-			if err := b.send(ctx, q, env, nil, time.UnixMilli(im.env.NotBefore)); err != nil {
+			if err := b.enqueue(ctx, q, im.env, time.UnixMilli(im.env.NotBefore)); err != nil {
 				return out, err
 			}
 			b.deleteMsg(ctx, im)
@@ -228,6 +271,28 @@ func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration) er
 	return nil
 }
 
+// renew extends a message's lock by LockTimeout from now. The message
+// keeps its dequeue count; m gets the new pop receipt.
+func (b *Backend) renew(ctx context.Context, m *inMsg) error {
+	vis := int32(b.opts.LockTimeout / time.Second)
+	at := time.Now()
+	err := b.storage(ctx, "renew message", func(ctx context.Context) error {
+		resp, err := m.queue.UpdateMessage(ctx, m.msgID, m.pop, m.content, &azqueue.UpdateMessageOptions{VisibilityTimeout: &vis})
+		if err == nil && resp.PopReceipt != nil {
+			m.pop = *resp.PopReceipt
+		}
+		return err
+	})
+	if err != nil {
+		if isNotFound(err) {
+			return dtbackend.ErrWorkItemLockLost
+		}
+		return fmt.Errorf("azurestorage: renew message in %s: %w", queueName(m.queue), err)
+	}
+	m.dequeuedAt = at
+	return nil
+}
+
 func (b *Backend) putBlob(ctx context.Context, name string, data []byte) error {
 	gz, err := gzipBytes(data)
 	if err != nil {
@@ -259,8 +324,8 @@ func (b *Backend) getBlob(ctx context.Context, name string) ([]byte, error) {
 	return gunzipBytes(data)
 }
 
-// deleteBlobs removes every blob under prefix.
-func (b *Backend) deleteBlobs(ctx context.Context, prefix string) error {
+// deleteBlobsUnder removes every blob under prefix.
+func (b *Backend) deleteBlobsUnder(ctx context.Context, prefix string) error {
 	pager := b.cl.blob.NewListBlobsFlatPager(b.names.largeMessages, &azblob.ListBlobsFlatOptions{Prefix: &prefix})
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
