@@ -56,8 +56,8 @@ type Backend struct {
 	actBuf   []*inMsg            // dequeued activity messages
 	// actWaiters counts GetActivityWorkItem calls in progress.
 	actWaiters atomic.Int32
-	timers   []time.Time         // due times of delayed messages this process sent
-	lm       *leaseManager
+	timers     []time.Time // due times of delayed messages this process sent
+	lm         *leaseManager
 	// confirmed holds, per instance, the seenKeys of consumed messages
 	// whose deletion succeeded since its last commit (see dedupe.go).
 	confirmed map[string]map[string]bool
