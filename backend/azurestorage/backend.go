@@ -62,6 +62,7 @@ type Backend struct {
 	// whose deletion succeeded since its last commit (see dedupe.go).
 	confirmed map[string]map[string]bool
 	blobs     *blobCache
+	hooks     testHooks
 
 	bg     context.Context // ends at Close
 	cancel context.CancelFunc
@@ -69,6 +70,22 @@ type Backend struct {
 }
 
 var _ taskhub.Backend = (*Backend)(nil)
+
+// testHooks let the package's tests stop an episode at a point of the
+// checkpoint protocol, as a worker that dies there would. A hook that
+// returns true "crashes": nothing after that point happens, and the work
+// item's messages stay locked until LockTimeout. All are nil outside tests.
+type testHooks struct {
+	workItem     func(wi *dtbackend.OrchestrationWorkItem) // sees each fetched work item
+	beforeCommit func(id string) bool
+	afterCommit  func(id string) bool
+	afterSend    func(id string) bool
+}
+
+func crashAt(h func(string) bool, id string) bool { return h != nil && h(id) }
+
+// errSimulatedCrash is returned by a work item that a test hook crashed.
+var errSimulatedCrash = errors.New("azurestorage: simulated crash (test hook)")
 
 // Open connects to the task hub, creating its queues, tables and container
 // if needed, and checks the partition count against the hub's metadata.

@@ -104,6 +104,10 @@ func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbacke
 		b.finishEpisode(ctx, id, it, nil)
 		return nil
 	}
+	if crashAt(b.hooks.beforeCommit, id) {
+		it.crashed = true
+		return errSimulatedCrash
+	}
 	plan, err := b.planCommit(ctx, id, wi.State, it)
 	if err != nil {
 		b.deleteBlobs(ctx, plan.newBlobs)
@@ -257,8 +261,14 @@ func (b *Backend) submitCommit(ctx context.Context, id string, plan *commitPlan,
 // redelivery of the consumed messages makes the next owner repeat them.
 func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, plan *commitPlan) {
 	if plan != nil {
+		if crashAt(b.hooks.afterCommit, id) {
+			return
+		}
 		if err := b.sendOutbox(ctx, id, plan.out); err != nil {
 			b.log.Warn("azurestorage: send outbox (its messages are sent again when the instance is next loaded)", "instance", id, "err", err)
+			return
+		}
+		if crashAt(b.hooks.afterSend, id) {
 			return
 		}
 		if plan.outboxRK != "" {

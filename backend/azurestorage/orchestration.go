@@ -24,6 +24,7 @@ type orchItem struct {
 	stashUsed []stashed    // stashed events the episode consumes
 	loaded    *loadedState // the read made at fetch; used once by GetOrchestrationRuntimeState
 	state     *loadedState // the read the commit is conditional on
+	crashed   bool         // a test hook crashed it: abandoning does nothing
 }
 
 // GetOrchestrationWorkItem waits until an instance of a partition this
@@ -54,6 +55,9 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 				return nil, err
 			}
 			if wi != nil {
+				if b.hooks.workItem != nil {
+					b.hooks.workItem(wi)
+				}
 				return wi, nil
 			}
 			continue
@@ -427,6 +431,9 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 		return fmt.Errorf("azurestorage: work item for %s was not fetched from this backend", wi.InstanceID)
 	}
 	defer b.finish(string(wi.InstanceID))
+	if it.crashed {
+		return nil
+	}
 	ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
 	var lost bool
 	for _, m := range it.msgs {
