@@ -183,13 +183,16 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 	}
 	exec := safeExecutor{Executor: task.NewTaskExecutor(reg), log: log}
 	dl := taskhub.Logger(log)
-	ow := dtbackend.NewOrchestrationWorker(hub.Backend, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.OrchestrationConcurrency)))
-	aw := dtbackend.NewActivityTaskWorker(hub.Backend, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.ActivityConcurrency)))
+	// The task workers fetch through a Gate, so that Shutdown can stop them
+	// fetching without cancelling the work they are doing (see taskhub.Runner).
+	gate := taskhub.NewGate(hub.Backend)
+	ow := dtbackend.NewOrchestrationWorker(gate, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.OrchestrationConcurrency)))
+	aw := dtbackend.NewActivityTaskWorker(gate, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.ActivityConcurrency)))
 	w := &Worker{
 		cfg:      cfg,
 		hub:      hub,
 		client:   client,
-		runner:   taskhub.NewRunner(hub.Backend, log, ow, aw),
+		runner:   taskhub.NewRunner(gate, log, ow, aw),
 		ingestor: ingestor,
 		watchdog: activities.NewWatchdog(hub.Fleet, client, activities.WatchdogOptions{Silence: cfg.Mission.Watchdog, Logger: log}),
 		log:      log,
@@ -243,8 +246,10 @@ func (w *Worker) Start(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown stops taking work, waits for work in progress (bounded by ctx)
-// and closes the storage.
+// Shutdown stops taking work at once, lets work in progress finish until ctx
+// ends and closes the storage. Work still running when ctx ends is cancelled
+// and redelivered later; the error then says how many work items were cut
+// short.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	var err error
 	if w.started.Swap(false) {

@@ -108,11 +108,12 @@ func startWorker(t *testing.T, be backend.Backend, r *task.TaskRegistry) {
 	t.Helper()
 	logger := discardLogger()
 	exec := task.NewTaskExecutor(r)
-	ow := backend.NewOrchestrationWorker(be, exec, logger, backend.WithMaxParallelism(4))
-	aw := backend.NewActivityTaskWorker(be, exec, logger, backend.WithMaxParallelism(4))
+	gate := taskhub.NewGate(be)
+	ow := backend.NewOrchestrationWorker(gate, exec, logger, backend.WithMaxParallelism(4))
+	aw := backend.NewActivityTaskWorker(gate, exec, logger, backend.WithMaxParallelism(4))
 	// taskhub.Runner, not backend.NewTaskHubWorker: the latter's shutdown
 	// races with its own poll loop (upstream microsoft/durabletask-go#125).
-	w := taskhub.NewRunner(be, slog.New(slog.NewTextHandler(io.Discard, nil)), ow, aw)
+	w := taskhub.NewRunner(gate, slog.New(slog.NewTextHandler(io.Discard, nil)), ow, aw)
 	if err := w.Start(context.Background()); err != nil {
 		t.Fatalf("start worker: %v", err)
 	}
