@@ -40,6 +40,7 @@ type Backend struct {
 
 	history *aztables.Client
 	dead    *aztables.Client
+	index   *aztables.Client
 	leases  *aztables.Client
 	control []*azqueue.QueueClient
 	work    *azqueue.QueueClient
@@ -115,6 +116,7 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 		opts: opts, cfg: cfg, cl: cl, names: n, log: opts.Logger.With("hub", opts.HubName),
 		history:  cl.table.NewClient(n.historyTable),
 		dead:     cl.table.NewClient(n.deadTable),
+		index:    cl.table.NewClient(n.indexTable),
 		leases:   cl.table.NewClient(n.leaseTable),
 		work:     cl.queue.NewQueueClient(n.workItems),
 		tele:     cl.queue.NewQueueClient(n.telemetry),
@@ -188,7 +190,7 @@ const (
 // partition count. It returns ErrTaskHubExists (unwrapped) if the hub was
 // already there.
 func (b *Backend) CreateTaskHub(ctx context.Context) error {
-	for _, t := range []string{b.names.historyTable, b.names.deadTable, b.names.leaseTable} {
+	for _, t := range []string{b.names.historyTable, b.names.deadTable, b.names.indexTable, b.names.leaseTable} {
 		if err := createTable(ctx, b.cl.table, t); err != nil {
 			return err
 		}
@@ -282,7 +284,7 @@ func (b *Backend) DeleteTaskHub(ctx context.Context) error {
 		return fmt.Errorf("azurestorage: read hub metadata: %w", err)
 	}
 	var errs []error
-	for _, t := range []string{b.names.historyTable, b.names.deadTable, b.names.dronesTable, b.names.effectsTable, b.names.leaseTable} {
+	for _, t := range []string{b.names.historyTable, b.names.deadTable, b.names.indexTable, b.names.dronesTable, b.names.effectsTable, b.names.leaseTable} {
 		if _, err := b.cl.table.DeleteTable(ctx, t, nil); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete table %s: %w", t, err))
 		}

@@ -101,7 +101,7 @@ func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
 		})
 	}
 	run(func() error {
-		counts, err := countRows(ctx, b.history, "RowKey eq "+quote(sentinelRK), "Status", func(e entity) string {
+		counts, err := countRows(ctx, b.index, "", "Status", func(e entity) string {
 			return taskhub.StatusName(sentinelStatus(e))
 		})
 		if err != nil {
@@ -144,7 +144,11 @@ func queueDepth(ctx context.Context, q *azqueue.QueueClient) (int, error) {
 // countRows counts the rows matching filter by key(row), reading only the
 // selected properties.
 func countRows(ctx context.Context, t *aztables.Client, filter, sel string, key func(entity) string) (map[string]int, error) {
-	pager := t.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Select: &sel})
+	o := &aztables.ListEntitiesOptions{Select: &sel}
+	if filter != "" {
+		o.Filter = &filter
+	}
+	pager := t.NewListEntitiesPager(o)
 	out := map[string]int{}
 	for pager.More() {
 		page, err := pager.NextPage(ctx)

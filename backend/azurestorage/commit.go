@@ -271,6 +271,9 @@ func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, pl
 		if crashAt(b.hooks.afterSend, id) {
 			return
 		}
+		if indexChanged(it.state.sentinel, plan.sentinel) {
+			b.writeIndex(ctx, it.state.sentinel, plan.sentinel)
+		}
 		if plan.outboxRK != "" {
 			b.deleteRow(ctx, id, plan.outboxRK)
 		}

@@ -123,10 +123,16 @@ func TestDivergentRerun(t *testing.T) {
 				if err := c.GetInput(&in); err != nil {
 					return nil, err
 				}
-				if !c.IsReplaying {
-					ran.add("child-" + in)
-				}
-				return strings.ToLower(in), nil
+				// The child's effect is an activity: an orchestrator
+				// function itself may run again (replay, a lost commit).
+				err := c.CallActivity("Effect", task.WithActivityInput("child-"+in)).Await(nil)
+				return strings.ToLower(in), err
+			})
+			r.AddActivityN("Effect", func(c task.ActivityContext) (any, error) {
+				var name string
+				err := c.GetInput(&name)
+				ran.add(name)
+				return nil, err
 			})
 			for _, name := range []string{"Foo", "Bar"} {
 				r.AddActivityN(name, func(task.ActivityContext) (any, error) {
@@ -581,10 +587,12 @@ func TestChildStartsAfterParentCommits(t *testing.T) {
 		return out, err
 	})
 	r.AddOrchestratorN("Kid", func(c *task.OrchestrationContext) (any, error) {
-		if !c.IsReplaying {
-			ran.add("kid")
-		}
-		return "kid done", nil
+		err := c.CallActivity("Effect").Await(nil)
+		return "kid done", err
+	})
+	r.AddActivityN("Effect", func(task.ActivityContext) (any, error) {
+		ran.add("kid")
+		return nil, nil
 	})
 	var crashed atomic.Bool
 	b.hooks.beforeCommit = func(id string) bool { return id == "parent" && crashed.CompareAndSwap(false, true) }
@@ -623,10 +631,14 @@ func TestRerunAdoptsFailedChild(t *testing.T) {
 		return "child ok", nil
 	})
 	r.AddOrchestratorN("Kid", func(c *task.OrchestrationContext) (any, error) {
-		if !c.IsReplaying {
-			ran.add("kid")
+		if err := c.CallActivity("Effect").Await(nil); err != nil {
+			return nil, err
 		}
 		return nil, errors.New("kid fails")
+	})
+	r.AddActivityN("Effect", func(task.ActivityContext) (any, error) {
+		ran.add("kid")
+		return nil, nil
 	})
 	var crashed atomic.Bool
 	b.hooks.afterSend = func(id string) bool { return id == "parent" && crashed.CompareAndSwap(false, true) }
@@ -645,7 +657,13 @@ func TestRerunAdoptsFailedChild(t *testing.T) {
 		return err == nil && n == 0
 	})
 	if n := ran.get("kid"); n != 1 {
-		t.Fatalf("child ran %d times, want 1", n)
+		t.Fatalf("the child's activity ran %d times, want 1", n)
+	}
+	// Adopted, not re-created: the child still runs the execution the
+	// parent's committed history started.
+	kid, err := b.load(ctx, "kid")
+	if err != nil || executionOf(kid.history) != kid.sentinel.str("ExecutionID") || len(kid.history) == 0 {
+		t.Fatalf("child state: %v", err)
 	}
 }
 
@@ -772,8 +790,11 @@ func TestCloseHandsBackBufferedMessages(t *testing.T) {
 // MaxDequeueCount 1).
 func TestPrefetchedActivitiesDoNotExpire(t *testing.T) {
 	t.Parallel()
-	b := openTest(t, Options{Partitions: 1, LockTimeout: 2 * time.Second, MaxDequeueCount: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// LockTimeout 6 s: long enough for a busy machine to finish each
+	// step, short enough that six 1.6 s activities prefetched at once
+	// would outlive half their lock.
+	b := openTest(t, Options{Partitions: 1, LockTimeout: 6 * time.Second, MaxDequeueCount: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	r := task.NewTaskRegistry()
 	r.AddOrchestratorN("Many", func(c *task.OrchestrationContext) (any, error) {
@@ -789,7 +810,7 @@ func TestPrefetchedActivitiesDoNotExpire(t *testing.T) {
 		return "ok", nil
 	})
 	r.AddActivityN("Slow", func(c task.ActivityContext) (any, error) {
-		t := time.NewTimer(700 * time.Millisecond) // the activity's own work, not a wait for the test
+		t := time.NewTimer(1600 * time.Millisecond) // the activity's own work, not a wait for the test
 		defer t.Stop()
 		<-t.C
 		return nil, nil
@@ -799,7 +820,7 @@ func TestPrefetchedActivitiesDoNotExpire(t *testing.T) {
 	if _, err := client.ScheduleNewOrchestration(ctx, "Many", api.WithInstanceID("many")); err != nil {
 		t.Fatal(err)
 	}
-	if md := awaitDone(t, ctx, b, "many", 45*time.Second); md.SerializedOutput != `"ok"` {
+	if md := awaitDone(t, ctx, b, "many", 50*time.Second); md.SerializedOutput != `"ok"` {
 		t.Fatalf("output %s", md.SerializedOutput)
 	}
 	noDeadLetters(ctx, t, b)

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -261,10 +260,14 @@ func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent,
 	if err != nil {
 		return err
 	}
-	if err := b.storage(ctx, "create instance", func(ctx context.Context) error {
+	err = b.storage(ctx, "create instance", func(ctx context.Context) error {
 		_, err := b.history.AddEntity(ctx, row.marshal(), nil)
 		return err
-	}); err != nil {
+	})
+	if err == nil {
+		b.writeIndex(ctx, nil, row)
+	}
+	if err != nil {
 		if !isConflict(err) {
 			return fmt.Errorf("azurestorage: create instance %s: %w", id, err)
 		}
@@ -391,6 +394,8 @@ func (b *Backend) purge(ctx context.Context, id string, requireCompleted bool) e
 		}
 		return fmt.Errorf("azurestorage: purge %s: %w", id, err)
 	}
+	ipk, irk := indexKey(e.str("CreatedTime"), id)
+	b.deleteIndex(ctx, ipk, irk)
 	return b.deleteBlobsUnder(ctx, blobPrefix(id))
 }
 
@@ -425,85 +430,4 @@ func (b *Backend) partitionRows(ctx context.Context, pk string, keysOnly bool) (
 		return nil, fmt.Errorf("azurestorage: read partition %s: %w", pk, err)
 	}
 	return out, nil
-}
-
-// ListInstances implements taskhub.Backend. It queries the status rows
-// (RowKey "meta") with the status and time filters pushed to the service,
-// then orders by (created, id) and pages with the cursor.
-func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.Page, error) {
-	q, err := q.Normalize()
-	if err != nil {
-		return nil, err
-	}
-	filter := "RowKey eq " + quote(sentinelRK)
-	if q.Name != "" {
-		filter += " and Name eq " + quote(q.Name)
-	}
-	if len(q.RuntimeStatus) > 0 {
-		var ors []string
-		for _, s := range q.RuntimeStatus {
-			ors = append(ors, "Status eq "+quote(taskhub.StorageName(s)))
-		}
-		filter += " and (" + strings.Join(ors, " or ") + ")"
-	}
-	if !q.CreatedFrom.IsZero() {
-		filter += " and CreatedTime ge " + quote(formatTime(q.CreatedFrom))
-	}
-	if !q.CreatedTo.IsZero() {
-		filter += " and CreatedTime lt " + quote(formatTime(q.CreatedTo))
-	}
-	if q.InstanceIDPrefix != "" {
-		filter += " and PartitionKey ge " + quote(escapeKey(q.InstanceIDPrefix))
-	}
-	var cur taskhub.Cursor
-	if q.ContinuationToken != "" {
-		cur, _ = taskhub.DecodeCursor(q.ContinuationToken)
-		filter += " and CreatedTime ge " + quote(cur.Created)
-	}
-	pager := b.history.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
-	type key struct {
-		created, id string
-		row         entity
-	}
-	var keys []key
-	for pager.More() {
-		page, err := pager.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("azurestorage: list instances: %w", err)
-		}
-		for _, raw := range page.Entities {
-			e, err := parseEntity(raw)
-			if err != nil {
-				return nil, err
-			}
-			k := key{e.str("CreatedTime"), e.str("InstanceID"), e}
-			if !strings.HasPrefix(k.id, q.InstanceIDPrefix) {
-				continue
-			}
-			if q.ContinuationToken != "" && (k.created < cur.Created || (k.created == cur.Created && k.id <= cur.ID)) {
-				continue
-			}
-			keys = append(keys, k)
-		}
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].created != keys[j].created {
-			return keys[i].created < keys[j].created
-		}
-		return keys[i].id < keys[j].id
-	})
-	page := &taskhub.Page{}
-	if len(keys) > q.PageSize {
-		keys = keys[:q.PageSize]
-		last := keys[len(keys)-1]
-		page.ContinuationToken = taskhub.Cursor{Created: last.created, ID: last.id}.Encode()
-	}
-	for _, k := range keys {
-		md, err := b.metadata(ctx, k.row)
-		if err != nil {
-			return nil, err
-		}
-		page.Instances = append(page.Instances, md)
-	}
-	return page, nil
 }

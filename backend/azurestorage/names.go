@@ -11,6 +11,7 @@ type names struct {
 	hub           string
 	historyTable  string // <Hub>History: sentinel/status rows, history rows, stashed events
 	deadTable     string // <Hub>DeadLetters
+	indexTable    string // <Hub>Instances: the instance index (index.go)
 	dronesTable   string // <Hub>Drones
 	effectsTable  string // <Hub>Effects
 	leaseTable    string // <Hub>Partitions: partition ownership and worker heartbeats
@@ -41,6 +42,7 @@ func newNames(hub string, partitions int) names {
 		hub:           hub,
 		historyTable:  hub + "History",
 		deadTable:     hub + "DeadLetters",
+		indexTable:    hub + "Instances",
 		dronesTable:   hub + "Drones",
 		effectsTable:  hub + "Effects",
 		leaseTable:    hub + "Partitions",

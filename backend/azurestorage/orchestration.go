@@ -274,6 +274,11 @@ func (b *Backend) buildWorkItem(ctx context.Context, id string, msgs []*inMsg) (
 			return nil, err
 		}
 	}
+	if st.sentinel != nil && slices.ContainsFunc(msgs, func(m *inMsg) bool { return m.dequeueCount > 1 }) {
+		// A redelivery: the worker that consumed these may have died
+		// before updating the index.
+		b.writeIndex(ctx, nil, st.sentinel)
+	}
 	view := newEpisodeView(st.history, parseSeen(st.sentinel))
 	it := &orchItem{msgs: msgs, loaded: st, state: st}
 	// Stashed events first: they arrived before anything in msgs.
