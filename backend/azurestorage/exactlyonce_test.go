@@ -825,3 +825,60 @@ func TestPrefetchedActivitiesDoNotExpire(t *testing.T) {
 	}
 	noDeadLetters(ctx, t, b)
 }
+
+// TestLostPartitionReleasesBuffer: messages a worker buffered for an
+// instance of a partition it then loses (here while the instance was in a
+// work item, so the hand-back at the loss skipped them) are returned to the
+// queue, not kept with stale receipts: the new owner gets them at once, not
+// after LockTimeout.
+func TestLostPartitionReleasesBuffer(t *testing.T) {
+	t.Parallel()
+	hub := testHub(t)
+	opts := Options{HubName: hub, Partitions: 1, LockTimeout: 5 * time.Minute, LeaseDuration: 3 * time.Second}
+	opts.WorkerID = "w1"
+	b1 := openTest(t, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client := dtbackend.NewTaskHubClient(b1)
+	if _, err := client.ScheduleNewOrchestration(ctx, "Wait", api.WithInstanceID("x")); err != nil {
+		t.Fatal(err)
+	}
+	wi, err := b1.GetOrchestrationWorkItem(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.RaiseEvent(ctx, "x", "e"); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 10*time.Second, "the event to be buffered", func() bool {
+		b1.pollControl(ctx)
+		b1.mu.Lock()
+		defer b1.mu.Unlock()
+		return len(b1.pending["x"]) == 1
+	})
+	// Another worker takes the lease; w1's next renewal fails.
+	row := newEntity(leasePK, leaseRK(0))
+	row["Owner"], row["Expires"] = "w2", formatTime(time.Now().Add(time.Hour))
+	anyTag := azcore.ETagAny
+	if _, err := b1.leases.UpdateEntity(ctx, row.marshal(), &aztables.UpdateEntityOptions{IfMatch: &anyTag, UpdateMode: aztables.UpdateModeReplace}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 10*time.Second, "w1 to notice the loss", func() bool { return len(b1.lm.owners()) == 0 })
+	if wi.State, err = b1.GetOrchestrationRuntimeState(ctx, wi); err != nil {
+		t.Fatal(err)
+	}
+	b1.AbandonOrchestrationWorkItem(ctx, wi)
+	if id, _ := b1.takeReady(); id != "" {
+		t.Fatalf("w1 handed out %s from a partition it lost", id)
+	}
+	opts.WorkerID = "w2"
+	b2 := openTest(t, opts)
+	r := task.NewTaskRegistry()
+	r.AddOrchestratorN("Wait", func(c *task.OrchestrationContext) (any, error) {
+		return "got it", c.WaitForSingleEvent("e", -1).Await(nil)
+	})
+	startRunner(t, b2, r, 2)
+	if md := awaitDone(t, ctx, b2, "x", 30*time.Second); md.SerializedOutput != `"got it"` {
+		t.Fatalf("output %s", md.SerializedOutput)
+	}
+}
