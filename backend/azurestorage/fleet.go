@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -26,6 +28,11 @@ import (
 type Fleet struct {
 	drones  *aztables.Client
 	effects *aztables.Client
+	// locks queues the updates of one drone (UpdateDrone) and the effects
+	// of one mission (RecordEffect) made through this Fleet.
+	locks, missions keyLocks
+	// backoff paces retries after lost races with other processes.
+	backoff backoffPolicy
 }
 
 var _ fleet.Store = (*Fleet)(nil)
@@ -38,7 +45,7 @@ func newFleet(ctx context.Context, svc *aztables.ServiceClient, n names) (*Fleet
 			return nil, err
 		}
 	}
-	return &Fleet{drones: svc.NewClient(n.dronesTable), effects: svc.NewClient(n.effectsTable)}, nil
+	return &Fleet{drones: svc.NewClient(n.dronesTable), effects: svc.NewClient(n.effectsTable), backoff: conflictBackoff}, nil
 }
 
 func createTable(ctx context.Context, svc *aztables.ServiceClient, name string) error {
@@ -150,18 +157,40 @@ func (f *Fleet) Drones(ctx context.Context) ([]fleet.Drone, error) {
 	return out, nil
 }
 
-// maxUpdateAttempts bounds optimistic-concurrency retries.
-const maxUpdateAttempts = 50
-
-// UpdateDrone implements fleet.Store with an ETag check, retrying when a
-// concurrent writer wins.
+// UpdateDrone implements fleet.Store with an ETag check.
+//
+// Updates of one drone through this Fleet queue on a per-drone lock, so the
+// process never races itself through storage; while updates are queued,
+// each hands the record it wrote and its ETag to the next, which then skips
+// the read. A write that loses to another process (412) is retried on a
+// fresh read with exponential back-off and jitter, for as long as ctx
+// allows: there is no attempt limit a busy drone could exhaust.
 func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone) error) (fleet.Drone, error) {
-	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
-		d, etag, err := f.get(ctx, id)
-		if err != nil {
+	l, err := f.locks.lock(ctx, id)
+	if err != nil {
+		return fleet.Drone{}, fmt.Errorf("azurestorage: update drone %s: %w", id, err)
+	}
+	defer f.locks.unlock(id, l)
+	bo := backoff{p: f.backoff}
+	conflicts := 0
+	for {
+		var d fleet.Drone
+		var etag azcore.ETag
+		cached := l.data != nil
+		if cached {
+			data := l.data
+			l.data = nil // used once: kept only if the write succeeds
+			if json.Unmarshal(data, &d) != nil {
+				continue
+			}
+			etag = l.etag
+		} else if d, etag, err = f.get(ctx, id); err != nil {
 			return fleet.Drone{}, err
 		}
 		if err := fn(&d); err != nil {
+			if cached {
+				continue // decide on the stored record, not on what this process last wrote
+			}
 			return fleet.Drone{}, err
 		}
 		d.ID = id
@@ -169,19 +198,108 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 		if err != nil {
 			return fleet.Drone{}, err
 		}
-		_, err = f.drones.UpdateEntity(ctx, e.marshal(), &aztables.UpdateEntityOptions{IfMatch: &etag, UpdateMode: aztables.UpdateModeReplace})
+		resp, err := f.drones.UpdateEntity(ctx, e.marshal(), &aztables.UpdateEntityOptions{IfMatch: &etag, UpdateMode: aztables.UpdateModeReplace})
 		switch {
 		case err == nil:
+			if data, err := json.Marshal(d); err == nil && resp.ETag != "" {
+				l.data, l.etag = data, resp.ETag
+			}
 			return d, nil
 		case isPrecondition(err):
-			continue
+			// Another process wrote the drone since it was read.
+			if cached {
+				continue // the handed-over record was stale: read it now
+			}
+			conflicts++
+			if err := bo.wait(ctx); err != nil {
+				return fleet.Drone{}, fmt.Errorf("%w: drone %s lost %d races to other writers: %w", fleet.ErrConflict, id, conflicts, err)
+			}
 		case isNotFound(err):
 			return fleet.Drone{}, fmt.Errorf("%w: %s", fleet.ErrDroneNotFound, id)
 		default:
 			return fleet.Drone{}, fmt.Errorf("azurestorage: update drone %s: %w", id, err)
 		}
 	}
-	return fleet.Drone{}, fmt.Errorf("%w: drone %s", fleet.ErrConflict, id)
+}
+
+// backoffPolicy bounds the delays between optimistic-concurrency retries.
+type backoffPolicy struct{ first, max time.Duration }
+
+var conflictBackoff = backoffPolicy{first: 2 * time.Millisecond, max: 200 * time.Millisecond}
+
+// backoff paces retries after lost optimistic-concurrency races:
+// exponentially growing delays with full jitter, so that writers that
+// collided spread out instead of colliding again.
+type backoff struct {
+	p     backoffPolicy
+	delay time.Duration
+}
+
+// wait sleeps before the next retry, or returns ctx's error if ctx ends first.
+func (b *backoff) wait(ctx context.Context) error {
+	if b.delay == 0 {
+		b.delay = b.p.first
+	}
+	t := time.NewTimer(rand.N(b.delay + 1))
+	defer t.Stop()
+	b.delay = min(2*b.delay, b.p.max)
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// keyLocks is a set of per-key locks that are acquired in arrival order and
+// give up when the caller's context ends. A key's lock exists only while
+// someone holds or waits for it.
+type keyLocks struct {
+	mu    sync.Mutex
+	locks map[string]*keyLock
+}
+
+type keyLock struct {
+	sem  chan struct{} // holds a token while the lock is held
+	refs int           // holders and waiters
+	// data and etag are the drone record the last holder wrote and its
+	// ETag, handed to the next holder; data is nil when there is none.
+	data []byte
+	etag azcore.ETag
+}
+
+func (k *keyLocks) lock(ctx context.Context, key string) (*keyLock, error) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyLock{sem: make(chan struct{}, 1)}
+		k.locks[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	select {
+	case l.sem <- struct{}{}:
+		return l, nil
+	case <-ctx.Done():
+		k.release(key, l)
+		return nil, ctx.Err()
+	}
+}
+
+func (k *keyLocks) unlock(key string, l *keyLock) {
+	<-l.sem
+	k.release(key, l)
+}
+
+func (k *keyLocks) release(key string, l *keyLock) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if l.refs--; l.refs == 0 {
+		delete(k.locks, key)
+	}
 }
 
 const effectSeqRow = "seq"
@@ -191,8 +309,17 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 	if e.MissionID == "" || e.Kind == "" {
 		return false, errors.New("azurestorage: an effect needs a mission id and a kind")
 	}
+	// One mission's effects queue in the process, as drone updates do; a
+	// batch that loses to another process is retried with back-off for as
+	// long as ctx allows.
+	l, err := f.missions.lock(ctx, e.MissionID)
+	if err != nil {
+		return false, fmt.Errorf("azurestorage: record effect %s/%s: %w", e.MissionID, e.Kind, err)
+	}
+	defer f.missions.unlock(e.MissionID, l)
 	pk, rk := escapeKey(e.MissionID), "e|"+escapeKey(e.Kind)
-	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
+	bo := backoff{p: f.backoff}
+	for {
 		var seq int64
 		var counterETag *azcore.ETag
 		resp, err := f.effects.GetEntity(ctx, pk, effectSeqRow, nil)
@@ -229,16 +356,20 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 			actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: counter.marshal(), IfMatch: counterETag})
 		}
 		if _, err := f.effects.SubmitTransaction(ctx, actions, nil); err != nil {
-			// A failed batch reports no reliable code; the loop re-reads
-			// the rows and either finds the effect or retries.
-			if httpStatus(err) >= 500 || httpStatus(err) == 0 {
+			// Lost to another writer (the effect or the counter was added,
+			// or the counter changed or went): the loop re-reads the rows
+			// and either finds the effect or tries again. Anything else,
+			// including storage errors the SDK already retried, is final.
+			if !isConflict(err) && !isPrecondition(err) && !isNotFound(err) {
 				return false, fmt.Errorf("azurestorage: record effect %s/%s: %w", e.MissionID, e.Kind, err)
+			}
+			if err := bo.wait(ctx); err != nil {
+				return false, fmt.Errorf("%w: effect %s/%s: %w", fleet.ErrConflict, e.MissionID, e.Kind, err)
 			}
 			continue
 		}
 		return true, nil
 	}
-	return false, fmt.Errorf("%w: effect %s/%s", fleet.ErrConflict, e.MissionID, e.Kind)
 }
 
 // Effects implements fleet.Store.

@@ -102,13 +102,26 @@ func parseEntity(b []byte) (entity, error) {
 	return e, nil
 }
 
-// httpStatus returns the status of a storage error, or 0.
+// httpStatus returns the status of a storage error, or 0. For a failed
+// entity-group transaction it is the status of the operation that failed.
+//
+// aztables (v1.4.1, transactional_batch.go) reports a failed transaction as
+// an *azcore.ResponseError of the outer response: StatusCode 202 Accepted,
+// no ErrorCode, and RawResponse's body the multipart/mixed batch response,
+// already read into memory, whose changeset holds the failed operation's
+// response ("HTTP/1.1 412 Precondition Failed", Content-ID its 1-based
+// index, a JSON odata.error body).
 func httpStatus(err error) int {
 	var re *azcore.ResponseError
-	if errors.As(err, &re) {
-		return re.StatusCode
+	if !errors.As(err, &re) {
+		return 0
 	}
-	return 0
+	if re.StatusCode == http.StatusAccepted {
+		if s := batchStatus(re.RawResponse); s != 0 {
+			return s
+		}
+	}
+	return re.StatusCode
 }
 
 func isNotFound(err error) bool     { return httpStatus(err) == http.StatusNotFound }

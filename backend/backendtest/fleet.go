@@ -41,6 +41,75 @@ func RunFleet(t *testing.T, f func(t *testing.T) fleet.Store) {
 	}
 }
 
+// RunFleetShared runs the fleet.Store cases that need two stores on one
+// storage, the way two worker processes see it. f returns two Store
+// instances on the same fresh, empty storage that share no in-process state
+// (separate clients or connection pools); f cleans them up through t.Cleanup.
+func RunFleetShared(t *testing.T, f func(t *testing.T) (fleet.Store, fleet.Store)) {
+	t.Helper()
+	cases := []struct {
+		name string
+		f    func(t *testing.T, ctx context.Context, a, b fleet.Store)
+	}{
+		{"AddDrone_ExistingInOtherStore", testSharedAddDrone},
+		{"UpdateDrone_AlternatingStores", testSharedAlternating},
+		{"UpdateDrone_ConcurrentTwoStoresLoseNothing", testSharedConcurrent},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a, b := f(t)
+			ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
+			t.Cleanup(cancel)
+			tc.f(t, ctx, a, b)
+		})
+	}
+}
+
+func testSharedAddDrone(t *testing.T, ctx context.Context, a, b fleet.Store) {
+	addDrone(t, ctx, a, "d-1")
+	if _, err := b.AddDrone(ctx, "d-1", home); !errors.Is(err, fleet.ErrDroneExists) {
+		t.Fatalf("AddDrone through the other store: %v, want an error wrapping fleet.ErrDroneExists", err)
+	}
+	if got := getDrone(t, ctx, b, "d-1"); got.ID != "d-1" || got.Home != home {
+		t.Errorf("the other store reads %+v", got)
+	}
+}
+
+// testSharedAlternating: updates alternate between the stores, each must
+// see the one before it, whatever either store remembers of the drone.
+func testSharedAlternating(t *testing.T, ctx context.Context, a, b fleet.Store) {
+	addDrone(t, ctx, a, "d-1")
+	stores := []fleet.Store{a, b}
+	for i := range 12 {
+		want := int64(i)
+		d, err := stores[i%2].UpdateDrone(ctx, "d-1", func(d *fleet.Drone) error {
+			if d.Frames != want {
+				return fmt.Errorf("fn saw Frames %d, want %d", d.Frames, want)
+			}
+			d.Frames++
+			d.LastSignalKey = fmt.Sprint("k", i)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("update %d through store %d: %v", i, i%2, err)
+		}
+		if d.Frames != want+1 {
+			t.Fatalf("update %d returned Frames %d, want %d", i, d.Frames, want+1)
+		}
+		if other := getDrone(t, ctx, stores[1-i%2], "d-1"); other.Frames != want+1 || other.LastSignalKey != d.LastSignalKey {
+			t.Fatalf("after update %d the other store reads %+v", i, other)
+		}
+	}
+}
+
+// testSharedConcurrent: goroutines of two stores (two workers) increment
+// one counter; none of the increments may be lost or fail.
+func testSharedConcurrent(t *testing.T, ctx context.Context, a, b fleet.Store) {
+	addDrone(t, ctx, a, "d-1")
+	concurrentIncrements(t, ctx, "d-1", []fleet.Store{a, b}, 8, 25)
+}
+
 var home = domain.LatLon{Lat: 47.6205, Lon: -122.3493}
 
 func addDrone(t *testing.T, ctx context.Context, s fleet.Store, id string) fleet.Drone {
@@ -153,33 +222,58 @@ func testUpdateDrone(t *testing.T, ctx context.Context, s fleet.Store) {
 	}
 }
 
-// testUpdateDroneConcurrent: 8 goroutines increment one counter; none of the
-// increments may be lost.
+// testUpdateDroneConcurrent: many goroutines increment one counter through
+// one store; none of the increments may be lost or fail.
 func testUpdateDroneConcurrent(t *testing.T, ctx context.Context, s fleet.Store) {
-	const workers, each = 8, 25
 	addDrone(t, ctx, s, "d-1")
+	concurrentIncrements(t, ctx, "d-1", []fleet.Store{s}, 8, 25)
+}
+
+// concurrentIncrements runs workers goroutines per store, each incrementing
+// drone id's Frames each times, and checks that every update succeeded,
+// that each returned the drone with its own increment applied (the returned
+// counters are exactly 1..n, each once, on top of the starting value) and
+// that the stored counter went up by n.
+func concurrentIncrements(t *testing.T, ctx context.Context, id string, stores []fleet.Store, workers, each int) {
+	t.Helper()
+	start := getDrone(t, ctx, stores[0], id).Frames
+	n := len(stores) * workers * each
 	var wg sync.WaitGroup
-	errs := make(chan error, workers*each)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				if _, err := s.UpdateDrone(ctx, "d-1", func(d *fleet.Drone) error { d.Frames++; return nil }); err != nil {
-					errs <- err
+	var mu sync.Mutex
+	seen := make(map[int64]int, n)
+	var errs []error
+	for _, s := range stores {
+		for range workers {
+			wg.Go(func() {
+				for range each {
+					d, err := s.UpdateDrone(ctx, id, func(d *fleet.Drone) error { d.Frames++; return nil })
+					mu.Lock()
+					if err != nil {
+						errs = append(errs, err)
+					} else {
+						seen[d.Frames-start]++
+					}
+					mu.Unlock()
 				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	failed := 0
-	for err := range errs {
-		failed++
-		if failed <= 3 {
-			t.Errorf("concurrent UpdateDrone: %v", err)
+			})
 		}
 	}
-	if got := getDrone(t, ctx, s, "d-1").Frames; got != int64(workers*each-failed) || failed > 0 {
-		t.Errorf("after %d concurrent increments (%d failed) the counter is %d", workers*each, failed, got)
+	wg.Wait()
+	for i, err := range errs {
+		if i == 3 {
+			t.Errorf("... and %d more failed updates", len(errs)-3)
+			break
+		}
+		t.Errorf("concurrent UpdateDrone: %v", err)
+	}
+	got := getDrone(t, ctx, stores[0], id).Frames - start
+	if got != int64(n) || len(errs) > 0 {
+		t.Errorf("after %d concurrent increments (%d failed) the counter went up by %d", n, len(errs), got)
+	}
+	for v, c := range seen {
+		if v < 1 || v > int64(n) || c != 1 {
+			t.Errorf("UpdateDrone returned counter +%d %d times; want each of +1..+%d exactly once", v, c, n)
+		}
 	}
 }
 

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dronehub/dronehub/domain"
@@ -33,6 +35,10 @@ CREATE TABLE IF NOT EXISTS DronehubEffects (
 // shape as the Azure Tables store, so both behave alike under contention.
 type Fleet struct {
 	db *sql.DB
+	// locks queues the updates of one drone made through this Fleet.
+	locks keyLocks
+	// backoff paces retries after lost races with other processes.
+	backoff backoffPolicy
 }
 
 var _ fleet.Store = (*Fleet)(nil)
@@ -41,7 +47,7 @@ func newFleet(ctx context.Context, db *sql.DB) (*Fleet, error) {
 	if _, err := db.ExecContext(ctx, fleetSchema); err != nil {
 		return nil, fmt.Errorf("sqlite: create fleet tables: %w", err)
 	}
-	return &Fleet{db: db}, nil
+	return &Fleet{db: db, backoff: conflictBackoff}, nil
 }
 
 // AddDrone implements fleet.Store.
@@ -106,14 +112,22 @@ func (f *Fleet) Drones(ctx context.Context) ([]fleet.Drone, error) {
 	return out, rows.Err()
 }
 
-// maxUpdateAttempts bounds optimistic-concurrency retries; losing this many
-// races in a row means something is wrong, not merely busy.
-const maxUpdateAttempts = 50
-
-// UpdateDrone implements fleet.Store with a version check, retrying when a
-// concurrent writer wins.
+// UpdateDrone implements fleet.Store with a version check.
+//
+// Updates of one drone through this Fleet queue on a per-drone lock, so the
+// process never races itself; a write that loses to another process (the
+// version changed) is retried on a fresh read with exponential back-off and
+// jitter, for as long as ctx allows: there is no attempt limit a busy drone
+// could exhaust.
 func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone) error) (fleet.Drone, error) {
-	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
+	l, err := f.locks.lock(ctx, id)
+	if err != nil {
+		return fleet.Drone{}, fmt.Errorf("sqlite: update drone %s: %w", id, err)
+	}
+	defer f.locks.unlock(id, l)
+	bo := backoff{p: f.backoff}
+	conflicts := 0
+	for {
 		d, version, err := f.get(ctx, id)
 		if err != nil {
 			return fleet.Drone{}, err
@@ -133,8 +147,89 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 		if n, _ := res.RowsAffected(); n == 1 {
 			return d, nil
 		}
+		// Another process wrote the drone since it was read (or removed it:
+		// the next read tells).
+		conflicts++
+		if err := bo.wait(ctx); err != nil {
+			return fleet.Drone{}, fmt.Errorf("%w: drone %s lost %d races to other writers: %w", fleet.ErrConflict, id, conflicts, err)
+		}
 	}
-	return fleet.Drone{}, fmt.Errorf("%w: drone %s", fleet.ErrConflict, id)
+}
+
+// backoffPolicy bounds the delays between optimistic-concurrency retries.
+type backoffPolicy struct{ first, max time.Duration }
+
+var conflictBackoff = backoffPolicy{first: time.Millisecond, max: 100 * time.Millisecond}
+
+// backoff paces retries after lost optimistic-concurrency races:
+// exponentially growing delays with full jitter, so that writers that
+// collided spread out instead of colliding again.
+type backoff struct {
+	p     backoffPolicy
+	delay time.Duration
+}
+
+// wait sleeps before the next retry, or returns ctx's error if ctx ends first.
+func (b *backoff) wait(ctx context.Context) error {
+	if b.delay == 0 {
+		b.delay = b.p.first
+	}
+	t := time.NewTimer(rand.N(b.delay + 1))
+	defer t.Stop()
+	b.delay = min(2*b.delay, b.p.max)
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// keyLocks is a set of per-key locks that are acquired in arrival order and
+// give up when the caller's context ends. A key's lock exists only while
+// someone holds or waits for it.
+type keyLocks struct {
+	mu    sync.Mutex
+	locks map[string]*keyLock
+}
+
+type keyLock struct {
+	sem  chan struct{} // holds a token while the lock is held
+	refs int           // holders and waiters
+}
+
+func (k *keyLocks) lock(ctx context.Context, key string) (*keyLock, error) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyLock{sem: make(chan struct{}, 1)}
+		k.locks[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	select {
+	case l.sem <- struct{}{}:
+		return l, nil
+	case <-ctx.Done():
+		k.release(key, l)
+		return nil, ctx.Err()
+	}
+}
+
+func (k *keyLocks) unlock(key string, l *keyLock) {
+	<-l.sem
+	k.release(key, l)
+}
+
+func (k *keyLocks) release(key string, l *keyLock) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if l.refs--; l.refs == 0 {
+		delete(k.locks, key)
+	}
 }
 
 // RecordEffect implements fleet.Store.
