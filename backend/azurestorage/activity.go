@@ -26,6 +26,10 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 	for {
 		wake := b.actWake.C()
 		if m := b.takeActivity(ctx); m != nil {
+			if b.hooks.dropActivity != nil && b.hooks.dropActivity(m) {
+				b.unhold(m)
+				continue
+			}
 			return &dtbackend.ActivityWorkItem{
 				InstanceID: api.InstanceID(m.env.Instance),
 				NewEvent:   m.event,
@@ -73,7 +77,7 @@ func (b *Backend) takeActivity(ctx context.Context) *inMsg {
 		m := b.actBuf[0]
 		b.actBuf = b.actBuf[1:]
 		b.mu.Unlock()
-		if time.Since(m.dequeuedAt) < b.opts.LockTimeout/2 {
+		if time.Since(m.lockedAt()) < b.opts.LockTimeout/2 {
 			return m
 		}
 		sctx, cancel := b.storageCtx(ctx)
@@ -128,7 +132,9 @@ func (b *Backend) AbandonActivityWorkItem(ctx context.Context, wi *dtbackend.Act
 	if err != nil {
 		return err
 	}
-	err = b.release(retryUntil(ctx, b.lockDeadline([]*inMsg{m})), m, 0)
+	// An activity's failure is its result; an abandon is never the
+	// message's fault (storage, shutdown), so it does not count.
+	err = b.release(retryUntil(ctx, b.lockDeadline([]*inMsg{m})), m, 0, true)
 	b.actWake.Notify()
 	return err
 }

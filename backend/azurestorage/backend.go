@@ -64,6 +64,7 @@ type Backend struct {
 	confirmed map[string]map[string]bool
 	blobs     *blobCache
 	hooks     testHooks
+	held      map[*inMsg]struct{} // messages whose locks keepLocks renews
 
 	bg     context.Context // ends at Close
 	cancel context.CancelFunc
@@ -81,6 +82,9 @@ type testHooks struct {
 	beforeCommit func(id string) bool
 	afterCommit  func(id string) bool
 	afterSend    func(id string) bool
+	// dropActivity "kills" the worker holding a fetched activity message:
+	// it is neither run nor renewed, and reappears after LockTimeout.
+	dropActivity func(m *inMsg) bool
 }
 
 func crashAt(h func(string) bool, id string) bool { return h != nil && h(id) }
@@ -125,12 +129,15 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 		// Large events and properties read by episodes; bounded memory.
 		blobs:     newBlobCache(64 << 20),
 		confirmed: map[string]map[string]bool{},
+		held:      map[*inMsg]struct{}{},
 	}
 	for p := 0; p < n.partitions; p++ {
 		b.control = append(b.control, cl.queue.NewQueueClient(n.controlQueue(p)))
 	}
 	b.bg, b.cancel = context.WithCancel(context.Background())
 	b.lm = newLeaseManager(b)
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); b.keepLocks() }()
 	if err := b.CreateTaskHub(ctx); err != nil && !errors.Is(err, dtbackend.ErrTaskHubExists) {
 		b.cancel()
 		return nil, err

@@ -108,6 +108,14 @@ func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbacke
 		it.crashed = true
 		return errSimulatedCrash
 	}
+	err := b.complete(ctx, id, wi, it)
+	if err != nil {
+		it.completeFailed = true
+	}
+	return err
+}
+
+func (b *Backend) complete(ctx context.Context, id string, wi *dtbackend.OrchestrationWorkItem, it *orchItem) error {
 	plan, err := b.planCommit(ctx, id, wi.State, it)
 	if err != nil {
 		b.deleteBlobs(ctx, plan.newBlobs)
@@ -132,7 +140,7 @@ func (b *Backend) partition(id string) int { return partitionOf(id, b.names.part
 var errCommitUnknown = errors.New("commit outcome unknown")
 
 // planCommit builds the fenced transaction.
-func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.OrchestrationRuntimeState, it *orchItem) (*commitPlan, error) {
+func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.OrchestrationRuntimeState, it *orchItem, extra ...outMsg) (*commitPlan, error) {
 	st := it.state
 	pk := escapeKey(id)
 	plan := &commitPlan{}
@@ -146,6 +154,7 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 	if err != nil {
 		return plan, err
 	}
+	out = append(out, extra...)
 	plan.out = out
 	var rows []aztables.TransactionAction
 	written := map[string]bool{}

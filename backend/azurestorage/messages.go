@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
@@ -46,6 +47,9 @@ type envelope struct {
 	// owner load it again (to consume stashed events left over by an
 	// episode that could not take them all).
 	Wake bool `json:"w,omitempty"`
+	// Benign counts the deliveries that ended in a release that was not
+	// the message's fault; they do not count toward MaxDequeueCount.
+	Benign int64 `json:"bn,omitempty"`
 }
 
 // messageAge is how long a visible message has waited: since it became
@@ -153,12 +157,26 @@ func queueName(q *azqueue.QueueClient) string {
 type inMsg struct {
 	queue        *azqueue.QueueClient
 	partition    int // control queue index, -1 for the work-item queue
-	msgID, pop   string
-	content      string
+	msgID        string
 	dequeueCount int64
-	dequeuedAt   time.Time
 	env          envelope
 	event        *dtbackend.HistoryEvent
+
+	// lk serialises the storage calls on the message (renew, release,
+	// delete: each changes or needs the pop receipt) and guards the
+	// fields below.
+	lk         sync.Mutex
+	pop        string
+	content    string
+	dequeuedAt time.Time // when the current lock began (dequeue or renewal)
+	gone       bool      // deleted or released: no longer ours to renew
+}
+
+// lockedAt is when the message's current lock began.
+func (m *inMsg) lockedAt() time.Time {
+	m.lk.Lock()
+	defer m.lk.Unlock()
+	return m.dequeuedAt
 }
 
 // decode parses a dequeued message and loads its event (from a blob if needed).
@@ -207,13 +225,6 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 		if m.DequeueCount != nil {
 			im.dequeueCount = *m.DequeueCount
 		}
-		if im.dequeueCount > int64(b.opts.MaxDequeueCount) {
-			reason := fmt.Sprintf("dequeued %d times (MaxDequeueCount %d) without completing", im.dequeueCount, b.opts.MaxDequeueCount)
-			if err := b.deadLetter(ctx, im, reason); err != nil {
-				b.log.Warn("azurestorage: dead-letter failed", "queue", queueName(q), "err", err)
-			}
-			continue
-		}
 		if err := b.decode(ctx, im); err != nil {
 			if isNotFound(err) {
 				// A message's blob is deleted only after the message was
@@ -222,9 +233,14 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 				b.deleteMsg(ctx, im)
 				continue
 			}
-			if err := b.deadLetter(ctx, im, "unreadable: "+err.Error()); err != nil {
-				b.log.Warn("azurestorage: dead-letter failed", "queue", queueName(q), "err", err)
-			}
+			b.poison(ctx, im, "unreadable: "+err.Error())
+			continue
+		}
+		// Deliveries that ended in a benign release (see release) do not
+		// count: a message is poison when it failed MaxDequeueCount times
+		// — its episode failed, or its worker died holding it.
+		if failed := im.dequeueCount - 1 - im.env.Benign; failed >= int64(b.opts.MaxDequeueCount) {
+			b.poison(ctx, im, fmt.Sprintf("delivered %d times without completing (%d failed; MaxDequeueCount %d)", im.dequeueCount, failed, b.opts.MaxDequeueCount))
 			continue
 		}
 		if im.env.NotBefore > 0 && time.UnixMilli(im.env.NotBefore).After(time.Now()) {
@@ -239,29 +255,49 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 		}
 		out = append(out, im)
 	}
+	b.hold(out...)
 	return out, nil
 }
 
 // deleteMsg deletes a consumed message; a message already gone (its lock
 // expired and another consumer took it) is not an error here.
 func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
+	b.unhold(m)
+	m.lk.Lock()
+	defer m.lk.Unlock()
 	err := b.storage(ctx, "delete message", func(ctx context.Context) error {
 		_, err := m.queue.DeleteMessage(ctx, m.msgID, m.pop, nil)
 		return err
 	})
+	m.gone = true
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("azurestorage: delete message from %s: %w", queueName(m.queue), err)
 	}
 	return nil
 }
 
-// release makes a message visible again after delay.
-func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration) error {
+// release makes a message visible again after delay. A benign release
+// (the message was not processed, or processing failed for a reason that
+// is not the message's: storage, shutdown, a lost lease) is recorded in the
+// message, so it does not count toward MaxDequeueCount (see poison).
+func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration, benign bool) error {
+	b.unhold(m)
+	m.lk.Lock()
+	defer m.lk.Unlock()
 	vis := int32(delay / time.Second)
+	content := m.content
+	if benign {
+		env := m.env
+		env.Benign++
+		if body, err := json.Marshal(env); err == nil {
+			content = string(body)
+		}
+	}
 	err := b.storage(ctx, "release message", func(ctx context.Context) error {
-		_, err := m.queue.UpdateMessage(ctx, m.msgID, m.pop, m.content, &azqueue.UpdateMessageOptions{VisibilityTimeout: &vis})
+		_, err := m.queue.UpdateMessage(ctx, m.msgID, m.pop, content, &azqueue.UpdateMessageOptions{VisibilityTimeout: &vis})
 		return err
 	})
+	m.gone = true
 	if err != nil {
 		if isNotFound(err) {
 			return dtbackend.ErrWorkItemLockLost
@@ -274,6 +310,11 @@ func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration) er
 // renew extends a message's lock by LockTimeout from now. The message
 // keeps its dequeue count; m gets the new pop receipt.
 func (b *Backend) renew(ctx context.Context, m *inMsg) error {
+	m.lk.Lock()
+	defer m.lk.Unlock()
+	if m.gone {
+		return dtbackend.ErrWorkItemLockLost
+	}
 	vis := int32(b.opts.LockTimeout / time.Second)
 	at := time.Now()
 	err := b.storage(ctx, "renew message", func(ctx context.Context) error {
@@ -285,12 +326,79 @@ func (b *Backend) renew(ctx context.Context, m *inMsg) error {
 	})
 	if err != nil {
 		if isNotFound(err) {
+			m.gone = true
 			return dtbackend.ErrWorkItemLockLost
 		}
 		return fmt.Errorf("azurestorage: renew message in %s: %w", queueName(m.queue), err)
 	}
 	m.dequeuedAt = at
 	return nil
+}
+
+// Lock renewal. Every message this worker holds — buffered, in a work item,
+// an activity running for hours — has its lock renewed before it expires,
+// so a healthy episode or activity of any length keeps its messages and
+// runs once: a message reappears only if its worker died (or stalled for a
+// whole LockTimeout). Renewal does not change the dequeue count.
+
+// hold starts renewing msgs' locks; deleteMsg and release stop it.
+func (b *Backend) hold(msgs ...*inMsg) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range msgs {
+		b.held[m] = struct{}{}
+	}
+}
+
+func (b *Backend) unhold(msgs ...*inMsg) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range msgs {
+		delete(b.held, m)
+	}
+}
+
+// keepLocks renews, every LockTimeout/6, the held messages whose lock is
+// past a third of LockTimeout, until Close.
+func (b *Backend) keepLocks() {
+	every := max(b.opts.LockTimeout/6, 100*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.bg.Done():
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		var due []*inMsg
+		for m := range b.held {
+			if time.Since(m.lockedAt()) > b.opts.LockTimeout/3 {
+				due = append(due, m)
+			}
+		}
+		b.mu.Unlock()
+		sem := make(chan struct{}, 8)
+		var wg sync.WaitGroup
+		for _, m := range due {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				ctx, cancel := context.WithTimeout(b.bg, b.opts.LockTimeout/3)
+				defer cancel()
+				if err := b.renew(ctx, m); err != nil {
+					if errors.Is(err, dtbackend.ErrWorkItemLockLost) {
+						b.unhold(m)
+					}
+					if b.bg.Err() == nil {
+						b.log.Warn("azurestorage: renew message lock", "queue", queueName(m.queue), "instance", m.env.Instance, "err", err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
 }
 
 func (b *Backend) putBlob(ctx context.Context, name string, data []byte) error {

@@ -25,6 +25,9 @@ type orchItem struct {
 	loaded    *loadedState // the read made at fetch; used once by GetOrchestrationRuntimeState
 	state     *loadedState // the read the commit is conditional on
 	crashed   bool         // a test hook crashed it: abandoning does nothing
+	// completeFailed: Complete was called and failed (storage, a lost
+	// fence), so an abandon that follows is not the messages' fault.
+	completeFailed bool
 }
 
 // GetOrchestrationWorkItem waits until an instance of a partition this
@@ -231,7 +234,7 @@ func (b *Backend) releaseAll(msgs []*inMsg, delay time.Duration) {
 	ctx, cancel := context.WithTimeout(b.bg, 30*time.Second)
 	defer cancel()
 	for _, m := range msgs {
-		if err := b.release(ctx, m, delay); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
+		if err := b.release(ctx, m, delay, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
 			b.log.Debug("azurestorage: release message", "err", err)
 		}
 	}
@@ -363,7 +366,7 @@ func (b *Backend) buildWorkItem(ctx context.Context, id string, msgs []*inMsg) (
 func (b *Backend) holdBack(ctx context.Context, id string, msgs []*inMsg) {
 	for _, m := range msgs {
 		delay := min(time.Second<<min(max(m.dequeueCount-1, 0), 5), 30*time.Second)
-		if err := b.release(ctx, m, delay); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
+		if err := b.release(ctx, m, delay, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
 			b.log.Warn("azurestorage: hold back message", "instance", id, "err", err)
 		}
 	}
@@ -437,12 +440,16 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 	}
 	defer b.finish(string(wi.InstanceID))
 	if it.crashed {
+		b.unhold(it.msgs...) // a dead worker renews nothing
 		return nil
 	}
+	// Only an episode that ran and failed counts toward MaxDequeueCount:
+	// not one handed back unprocessed (shutdown) or whose commit failed.
+	benign := it.loaded != nil || it.completeFailed
 	ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
 	var lost bool
 	for _, m := range it.msgs {
-		if err := b.release(ctx, m, wi.GetAbandonDelay()); err != nil {
+		if err := b.release(ctx, m, wi.GetAbandonDelay(), benign); err != nil {
 			if errors.Is(err, dtbackend.ErrWorkItemLockLost) {
 				lost = true
 				continue

@@ -7,10 +7,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 )
 
 // Outage handling. The SDK retries each request a few times over about six
@@ -24,14 +27,16 @@ import (
 // transient reports whether a storage error may go away by itself: a
 // transport failure (connection refused or reset, a try that timed out) or
 // a throttling or server error. Other responses (404, 409, 412, 400, ...)
-// are answers, not failures to get one.
+// are answers, not failures to get one. A failed entity-group transaction
+// is judged by the status of its failed operation (see httpStatus): the
+// SDK reports it with the outer status 202, which alone says nothing.
 func transient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
-		switch re.StatusCode {
+		switch httpStatus(err) {
 		case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,
 			http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 			return true
@@ -41,6 +46,37 @@ func transient(err error) bool {
 	var ne net.Error // *url.Error, *net.OpError: the request did not get an answer
 	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// batchStatus returns the status of the failed operation in a $batch
+// response (multipart/mixed, one part per operation, each an HTTP
+// response), the first status of 400 or more; 0 when there is none.
+func batchStatus(resp *http.Response) int {
+	if resp == nil || resp.Body == nil ||
+		!strings.HasPrefix(strings.ToLower(resp.Header.Get("Content-Type")), "multipart/mixed") {
+		return 0
+	}
+	var body []byte
+	if buf, ok := resp.Body.(interface{ Bytes() []byte }); ok {
+		body = buf.Bytes() // the SDK's in-memory body, read without changing it
+	} else {
+		var err error
+		if body, err = runtime.Payload(resp); err != nil {
+			return 0
+		}
+	}
+	for line := range strings.Lines(string(body)) {
+		// An operation's status line: "HTTP/1.1 412 Precondition Failed".
+		if !strings.HasPrefix(line, "HTTP/") {
+			continue
+		}
+		if f := strings.Fields(line); len(f) >= 2 {
+			if code, err := strconv.Atoi(f[1]); err == nil && code >= 400 && code <= 599 {
+				return code
+			}
+		}
+	}
+	return 0
 }
 
 type retryKey struct{}
@@ -106,7 +142,7 @@ func (b *Backend) persist(ctx context.Context, until time.Time, what string, f f
 func (b *Backend) lockDeadline(msgs []*inMsg) time.Time {
 	d := time.Now().Add(b.opts.LockTimeout)
 	for _, m := range msgs {
-		if t := m.dequeuedAt.Add(b.opts.LockTimeout); t.Before(d) {
+		if t := m.lockedAt().Add(b.opts.LockTimeout); t.Before(d) {
 			d = t
 		}
 	}
