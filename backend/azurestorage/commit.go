@@ -94,6 +94,12 @@ func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbacke
 	}
 	id := string(wi.InstanceID)
 	defer b.finish(id)
+	if err := ctx.Err(); err != nil {
+		// The work was cut off (a shutdown deadline): what it computed
+		// may be the cancellation itself. Hand it back instead.
+		it.completeFailed = true
+		return fmt.Errorf("azurestorage: complete %s: %w", id, err)
+	}
 	// Storage calls wait out an outage for as long as the messages stay locked.
 	ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
 	if len(wi.State.NewEvents()) == 0 && len(it.stashUsed) == 0 {
@@ -271,6 +277,7 @@ func (b *Backend) submitCommit(ctx context.Context, id string, plan *commitPlan,
 func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, plan *commitPlan) {
 	if plan != nil {
 		if crashAt(b.hooks.afterCommit, id) {
+			b.unhold(it.msgs...) // a dead worker renews nothing
 			return
 		}
 		if err := b.sendOutbox(ctx, id, plan.out); err != nil {
@@ -278,6 +285,7 @@ func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, pl
 			return
 		}
 		if crashAt(b.hooks.afterSend, id) {
+			b.unhold(it.msgs...)
 			return
 		}
 		if indexChanged(it.state.sentinel, plan.sentinel) {

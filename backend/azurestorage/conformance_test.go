@@ -46,8 +46,8 @@ func openTest(t *testing.T, opts Options) *Backend {
 
 func TestConformance(t *testing.T) {
 	backendtest.Run(t, func(t *testing.T) taskhub.Backend {
-		return openTest(t, Options{Partitions: 2})
-	})
+		return openTest(t, Options{Partitions: 2, LockTimeout: 2 * time.Second, MaxDequeueCount: 3})
+	}, backendtest.LockTimeout(2*time.Second), backendtest.MaxDequeueCount(3))
 }
 
 func TestFleetConformance(t *testing.T) {

@@ -56,14 +56,19 @@ var ErrDeadLetterNotFound = taskhub.ErrDeadLetterNotFound
 
 // deadLetter moves a message to the dead-letter table (its text to a blob
 // if large), then deletes it.
-func (b *Backend) deadLetter(ctx context.Context, m *inMsg, reason string) error {
+//
+// failed is how many of its deliveries failed (recorded as DequeueCount);
+// exec names the execution it was sent to, if known, so that a replay can
+// tell whether it still can reach it.
+func (b *Backend) deadLetter(ctx context.Context, m *inMsg, reason string, failed int64, exec string) error {
 	_ = b.decode(ctx, m) // best effort: describe the event if we can
 	rk := fmt.Sprintf("%020d-%s", time.Now().UnixNano(), m.msgID)
 	e := newEntity(deadPK, rk)
 	e["Queue"] = queueName(m.queue)
 	e["InstanceID"] = m.env.Instance
 	e["Reason"] = reason
-	e.setInt64("DequeueCount", m.dequeueCount)
+	e.setInt64("DequeueCount", failed)
+	e["ExecutionID"] = exec
 	e.setInt64("Size", int64(len(m.content)))
 	if m.event != nil {
 		e["EventType"] = eventType(m.event)
@@ -140,6 +145,7 @@ func (b *Backend) ReplayDeadLetter(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	e["odata.etag"] = string(resp.ETag)
 	content, blob := e.str("Content"), e.str("Blob")
 	if blob != "" {
 		data, err := b.getBlob(ctx, blob)
@@ -147,6 +153,17 @@ func (b *Backend) ReplayDeadLetter(ctx context.Context, id string) error {
 			return fmt.Errorf("azurestorage: read dead letter %s: %w", id, err)
 		}
 		content = string(data)
+	}
+	why, err := b.staleDeadLetter(ctx, e, content)
+	if err != nil {
+		return fmt.Errorf("azurestorage: replay dead letter %s: %w", id, err)
+	}
+	if why != "" {
+		if err := b.dropDeadLetter(ctx, id, e); err != nil {
+			return err
+		}
+		b.log.Info("azurestorage: dropped a stale dead letter instead of replaying it", "id", id, "instance", e.str("InstanceID"), "why", why)
+		return fmt.Errorf("azurestorage: dead letter %s for instance %q: %s: %w", id, e.str("InstanceID"), why, taskhub.ErrDeadLetterStale)
 	}
 	q := b.cl.queue.NewQueueClient(e.str("Queue"))
 	ttl := int32(-1)

@@ -188,7 +188,7 @@ func TestDeadLetterOneMiB(t *testing.T) {
 	text := randomText(1 << 20)
 	m := &inMsg{queue: b.work, partition: -1, msgID: *resp.Messages[0].MessageID, pop: *resp.Messages[0].PopReceipt,
 		content: text, dequeueCount: 2, dequeuedAt: time.Now()}
-	if err := b.deadLetter(ctx, m, "test"); err != nil {
+	if err := b.deadLetter(ctx, m, "test", 2, ""); err != nil {
 		t.Fatalf("deadLetter of 1 MiB: %v", err)
 	}
 	before := counter.Snapshot()

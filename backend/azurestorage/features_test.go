@@ -194,7 +194,7 @@ func TestDeadLetters(t *testing.T) {
 		t.Fatalf("dead letters: %+v, %v", dls, err)
 	}
 	dl := dls[0]
-	if dl.InstanceID != "poison" || dl.EventType != "TaskScheduled" || dl.DequeueCount != 3 || !strings.Contains(dl.Reason, "MaxDequeueCount 2") {
+	if dl.InstanceID != "poison" || dl.EventType != "TaskScheduled" || dl.DequeueCount != 2 || !strings.Contains(dl.Reason, "MaxDequeueCount 2") {
 		t.Fatalf("dead letter = %+v", dl)
 	}
 	if err := b.ReplayDeadLetter(ctx, dl.ID); err != nil {

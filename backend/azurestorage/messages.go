@@ -233,14 +233,14 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 				b.deleteMsg(ctx, im)
 				continue
 			}
-			b.poison(ctx, im, "unreadable: "+err.Error())
+			b.poison(ctx, im, "unreadable: "+err.Error(), im.dequeueCount)
 			continue
 		}
 		// Deliveries that ended in a benign release (see release) do not
 		// count: a message is poison when it failed MaxDequeueCount times
 		// — its episode failed, or its worker died holding it.
-		if failed := im.dequeueCount - 1 - im.env.Benign; failed >= int64(b.opts.MaxDequeueCount) {
-			b.poison(ctx, im, fmt.Sprintf("delivered %d times without completing (%d failed; MaxDequeueCount %d)", im.dequeueCount, failed, b.opts.MaxDequeueCount))
+		if failed := im.failures(); failed >= int64(b.opts.MaxDequeueCount) {
+			b.poison(ctx, im, fmt.Sprintf("%d deliveries failed (MaxDequeueCount %d): its worker died or stalled holding it", failed, b.opts.MaxDequeueCount), failed)
 			continue
 		}
 		if im.env.NotBefore > 0 && time.UnixMilli(im.env.NotBefore).After(time.Now()) {

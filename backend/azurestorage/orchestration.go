@@ -19,12 +19,13 @@ const propKey = "azurestorage"
 
 // orchItem is what a fetched orchestration work item carries for its commit.
 type orchItem struct {
-	msgs      []*inMsg     // every message the episode consumes (deleted after the commit)
-	recorded  []*inMsg     // accepted messages recognised by id: their ids go to Seen
-	stashUsed []stashed    // stashed events the episode consumes
-	loaded    *loadedState // the read made at fetch; used once by GetOrchestrationRuntimeState
-	state     *loadedState // the read the commit is conditional on
-	crashed   bool         // a test hook crashed it: abandoning does nothing
+	msgs      []*inMsg        // every message the episode consumes (deleted after the commit)
+	recorded  []*inMsg        // accepted messages recognised by id: their ids go to Seen
+	stashUsed []stashed       // stashed events the episode consumes
+	loaded    *loadedState    // the read made at fetch; used once by GetOrchestrationRuntimeState
+	state     *loadedState    // the read the commit is conditional on
+	crashed   bool            // a test hook crashed it: abandoning does nothing
+	loadCtx   context.Context // the context its state was loaded on
 	// completeFailed: Complete was called and failed (storage, a lost
 	// fence), so an abandon that follows is not the messages' fault.
 	completeFailed bool
@@ -350,7 +351,7 @@ func (b *Backend) buildWorkItem(ctx context.Context, id string, msgs []*inMsg) (
 	}
 	retry := int64(0)
 	for _, m := range msgs {
-		retry = max(retry, m.dequeueCount-1)
+		retry = max(retry, m.failures())
 	}
 	return &dtbackend.OrchestrationWorkItem{
 		InstanceID: api.InstanceID(id),
@@ -412,6 +413,9 @@ func (b *Backend) GetOrchestrationRuntimeState(ctx context.Context, wi *dtbacken
 		ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
 	}
 	var st *loadedState
+	if it != nil {
+		it.loadCtx = ctx
+	}
 	if it != nil && it.loaded != nil {
 		st, it.loaded = it.loaded, nil
 	} else {
@@ -432,24 +436,40 @@ func (b *Backend) GetOrchestrationRuntimeState(ctx context.Context, wi *dtbacken
 }
 
 // AbandonOrchestrationWorkItem returns the work item's messages to the
-// queue after the work item's back-off delay.
+// queue. Only an episode that ran and failed counts toward
+// MaxDequeueCount: its state was loaded on a context that is still live,
+// and no commit was tried. One handed back unprocessed (shutdown, a lost
+// partition), cut off at a shutdown deadline, or whose commit failed, is a
+// benign release and goes back at once (a second after a failed commit).
+// An episode that fails for the MaxDequeueCount-th time is dead-lettered
+// here, and its instance fails (poison.go).
 func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbackend.OrchestrationWorkItem) error {
 	it := itemOf(wi)
 	if it == nil {
 		return fmt.Errorf("azurestorage: work item for %s was not fetched from this backend", wi.InstanceID)
 	}
-	defer b.finish(string(wi.InstanceID))
+	id := string(wi.InstanceID)
+	defer b.finish(id)
 	if it.crashed {
 		b.unhold(it.msgs...) // a dead worker renews nothing
 		return nil
 	}
-	// Only an episode that ran and failed counts toward MaxDequeueCount:
-	// not one handed back unprocessed (shutdown) or whose commit failed.
-	benign := it.loaded != nil || it.completeFailed
-	ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
+	failed := it.loaded == nil && it.loadCtx != nil && it.loadCtx.Err() == nil && !it.completeFailed
+	ctx = retryUntil(context.WithoutCancel(ctx), b.lockDeadline(it.msgs))
+	delay := time.Duration(0)
+	if it.completeFailed {
+		delay = time.Second
+	}
 	var lost bool
 	for _, m := range it.msgs {
-		if err := b.release(ctx, m, wi.GetAbandonDelay(), benign); err != nil {
+		if failed {
+			if n := m.failures() + 1; n >= int64(b.opts.MaxDequeueCount) {
+				b.poison(ctx, m, fmt.Sprintf("its episode failed %d times (MaxDequeueCount %d)", n, b.opts.MaxDequeueCount), n)
+				continue
+			}
+			delay = min(time.Duration(m.failures()+1)*time.Second, 30*time.Second)
+		}
+		if err := b.release(ctx, m, delay, !failed); err != nil {
 			if errors.Is(err, dtbackend.ErrWorkItemLockLost) {
 				lost = true
 				continue

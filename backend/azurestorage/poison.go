@@ -4,35 +4,55 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/dronehub/dronehub/taskhub"
 )
 
-// A dead letter reaches its workflow. A message set aside as poison would
+// A dead letter reaches its workflow (taskhub/deadletter.go states the
+// contract every backend keeps). A message set aside as poison would
 // otherwise leave its orchestration waiting forever: its retry policy and
 // compensation never run, its drone stays reserved.
 //
-//   - An activity message: the task is answered as failed (ErrorType
-//     DeadLetterErrorType, the reason in the message), under the id its
-//     result would have had, so the orchestration's retry and saga logic
-//     run, and a late real result is a copy.
-//   - An orchestration's own message (a start, an event, an answer whose
-//     episode keeps failing): the instance is marked Failed with the
-//     reason, in a fenced commit, and its parent is told.
+//   - An activity message: the task is answered as failed
+//     (taskhub.ActivityDeadLetterFailure) under the id its result would
+//     have had, so the orchestration's retry and saga logic run and a late
+//     real result is a copy.
+//   - An orchestration's own message: the execution ends Failed
+//     (taskhub.FailExecution) in a fenced commit, which also answers its
+//     parent through the outbox.
+//
+// Counting: a delivery counts toward MaxDequeueCount only when it failed —
+// its episode ran on a live context and was abandoned without a commit
+// being tried, or its worker died holding it (the lock expired). Benign
+// releases are recorded in the envelope (see release). An episode that
+// fails for the MaxDequeueCount-th time is dead-lettered at once, at its
+// abandon; a message whose workers died that often is dead-lettered at its
+// next dequeue.
 
-// DeadLetterErrorType is the ErrorType of the failure a dead letter gives
-// its task or instance.
-const DeadLetterErrorType = "DeadLettered"
+// DeadLetterErrorType is taskhub.DeadLetterErrorType.
+const DeadLetterErrorType = taskhub.DeadLetterErrorType
 
-// poison dead-letters m and tells its workflow.
-func (b *Backend) poison(ctx context.Context, m *inMsg, reason string) {
-	if err := b.deadLetter(ctx, m, reason); err != nil {
+// failures is how many deliveries of m failed, this one excluded.
+func (m *inMsg) failures() int64 { return m.dequeueCount - 1 - m.env.Benign }
+
+// poison dead-letters m (failed is its count of failed deliveries) and
+// tells its workflow.
+func (b *Backend) poison(ctx context.Context, m *inMsg, reason string, failed int64) {
+	exec := m.env.Exec
+	if exec == "" && m.partition >= 0 && m.env.Instance != "" {
+		if s, _, err := b.getSentinel(ctx, m.env.Instance); err == nil && s != nil {
+			exec = s.str("ExecutionID")
+		}
+	}
+	if err := b.deadLetter(ctx, m, reason, failed, exec); err != nil {
 		b.log.Warn("azurestorage: dead-letter failed", "queue", queueName(m.queue), "err", err)
 		return
 	}
@@ -40,24 +60,17 @@ func (b *Backend) poison(ctx context.Context, m *inMsg, reason string) {
 	if id == "" {
 		return
 	}
-	fd := &dtbackend.TaskFailureDetails{ErrorType: DeadLetterErrorType}
-	if ts := m.event.GetTaskScheduled(); m.partition < 0 && ts != nil {
-		fd.ErrorMessage = fmt.Sprintf("activity %s (task %d) was dead-lettered: %s", ts.GetName(), m.event.GetEventId(), reason)
-		answer := newEvent("taskFailed", func(e protoreflect.Message) {
-			setInt32(e, "taskScheduledId", m.event.GetEventId())
-			setMessage(e, "failureDetails", fd.ProtoReflect())
-		})
-		env := envelope{ID: m.env.ID + "-result", Instance: id, Exec: m.env.Exec}
-		if err := b.send(ctx, b.controlFor(id), env, answer, time.Time{}); err != nil {
+	if m.partition < 0 && m.event.GetTaskScheduled() != nil {
+		if err := b.answerDeadActivity(ctx, m, reason); err != nil {
 			b.log.Warn("azurestorage: tell an orchestration its activity was dead-lettered", "instance", id, "err", err)
 		}
-		b.orchWake.Notify()
 		return
 	}
-	fd.ErrorMessage = fmt.Sprintf("a %s message for this instance was dead-lettered: %s", eventType(m.event), reason)
-	if m.event == nil {
-		fd.ErrorMessage = "a message for this instance was dead-lettered: " + reason
+	var events []*dtbackend.HistoryEvent
+	if m.event != nil {
+		events = append(events, m.event)
 	}
+	fd := taskhub.OrchestrationDeadLetterFailure(api.InstanceID(id), events, reason)
 	var start *dtbackend.HistoryEvent
 	if m.event.GetExecutionStarted() != nil {
 		start = m.event
@@ -65,6 +78,40 @@ func (b *Backend) poison(ctx context.Context, m *inMsg, reason string) {
 	if err := b.failInstance(ctx, id, fd, start); err != nil {
 		b.log.Warn("azurestorage: mark an instance failed after dead-lettering its message", "instance", id, "err", err)
 	}
+}
+
+// answerDeadActivity answers a dead-lettered activity's task as failed.
+func (b *Backend) answerDeadActivity(ctx context.Context, m *inMsg, reason string) error {
+	id := m.env.Instance
+	fd := taskhub.ActivityDeadLetterFailure(api.InstanceID(id), m.event, reason)
+	answer := taskhub.NewTaskFailedEvent(m.event.GetEventId(), fd)
+	env := envelope{ID: m.env.ID + "-result", Instance: id, Exec: m.env.Exec}
+	if err := b.send(ctx, b.controlFor(id), env, answer, time.Time{}); err != nil {
+		return err
+	}
+	b.orchWake.Notify()
+	return nil
+}
+
+// DeadLetterActivityWorkItem implements taskhub.ActivityDeadLetterer: it
+// sets a fetched activity aside now and answers its task as failed. A
+// second call for the same work item fails with ErrWorkItemLockLost.
+func (b *Backend) DeadLetterActivityWorkItem(ctx context.Context, wi *dtbackend.ActivityWorkItem, reason string) error {
+	m, err := activityMsg(wi)
+	if err != nil {
+		return err
+	}
+	m.lk.Lock()
+	gone := m.gone
+	m.lk.Unlock()
+	if gone {
+		return fmt.Errorf("azurestorage: dead-letter activity of %s: %w", wi.InstanceID, dtbackend.ErrWorkItemLockLost)
+	}
+	ctx = retryUntil(ctx, b.lockDeadline([]*inMsg{m}))
+	if err := b.deadLetter(ctx, m, reason, m.failures()+1, m.env.Exec); err != nil {
+		return err
+	}
+	return b.answerDeadActivity(ctx, m, reason)
 }
 
 // failInstance ends a running instance as Failed with fd, in a fenced
@@ -95,19 +142,11 @@ func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.Tas
 				return err
 			}
 		}
-		if err := state.AddEvent(executionFailed(fd)); err != nil {
+		if err := taskhub.FailExecution(state, fd); err != nil {
 			return err
 		}
 		it := &orchItem{state: st}
-		extra, blob, err := b.parentAnswer(ctx, id, slices.Concat(state.OldEvents(), state.NewEvents()), fd)
-		if err != nil {
-			b.deleteBlobs(ctx, []string{blob})
-			return err
-		}
-		plan, err := b.planCommit(ctx, id, state, it, extra...)
-		if blob != "" {
-			plan.newBlobs = append(plan.newBlobs, blob)
-		}
+		plan, err := b.planCommit(ctx, id, state, it)
 		if err != nil {
 			b.deleteBlobs(ctx, plan.newBlobs)
 			return err
@@ -121,79 +160,84 @@ func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.Tas
 		case errors.Is(err, dtbackend.ErrWorkItemLockLost) && attempt < 5:
 			continue // another commit got there first: read again
 		}
+		if !errors.Is(err, errCommitUnknown) {
+			b.deleteBlobs(ctx, plan.newBlobs)
+		}
 		return err
 	}
-}
-
-// parentAnswer is the failure answer to the instance's parent, if it has
-// one, ready for the outbox (its blob, if any, is returned to be deleted
-// should the commit fail).
-func (b *Backend) parentAnswer(ctx context.Context, id string, history []*dtbackend.HistoryEvent, fd *dtbackend.TaskFailureDetails) ([]outMsg, string, error) {
-	var start *dtbackend.HistoryEvent
-	for _, e := range history {
-		if e.GetExecutionStarted() != nil {
-			start = e
-		}
-	}
-	pi := start.GetExecutionStarted().GetParentInstance()
-	if pi == nil || pi.GetOrchestrationInstance().GetInstanceId() == "" {
-		return nil, "", nil
-	}
-	target := pi.GetOrchestrationInstance().GetInstanceId()
-	answer := subOrchestrationFailed(pi.GetTaskScheduledId(), timestamppb.Now(), fd)
-	env := envelope{ID: seenKey(id + "|dead-letter|" + executionOf(history)), Instance: target, From: id,
-		Exec: pi.GetOrchestrationInstance().GetExecutionId().GetValue()}
-	env, blob, err := b.prepare(ctx, env, answer)
-	if err != nil {
-		return nil, blob, err
-	}
-	return []outMsg{{Queue: b.partition(target), Env: env}}, blob, nil
 }
 
 // startFromSentinel rebuilds the ExecutionStarted event of an instance
 // that was created but never ran.
 func startFromSentinel(e entity) *dtbackend.HistoryEvent {
-	ev := newEvent("executionStarted", func(m protoreflect.Message) {
-		m.Set(m.Descriptor().Fields().ByName("name"), protoreflect.ValueOfString(e.str("Name")))
-		setMessage(m, "input", wrapperspb.String(e.str("Input")).ProtoReflect())
-		oi := m.NewField(m.Descriptor().Fields().ByName("orchestrationInstance")).Message()
-		oi.Set(oi.Descriptor().Fields().ByName("instanceId"), protoreflect.ValueOfString(e.str("InstanceID")))
-		setMessage(oi, "executionId", wrapperspb.String(e.str("ExecutionID")).ProtoReflect())
-		setMessage(m, "orchestrationInstance", oi)
-	})
+	ev := &dtbackend.HistoryEvent{EventId: -1, Timestamp: timestamppb.Now()}
+	m := ev.ProtoReflect()
+	f := m.Descriptor().Fields().ByName("executionStarted")
+	es := m.NewField(f).Message()
+	es.Set(es.Descriptor().Fields().ByName("name"), protoreflect.ValueOfString(e.str("Name")))
+	es.Set(es.Descriptor().Fields().ByName("input"), protoreflect.ValueOfMessage(wrapperspb.String(e.str("Input")).ProtoReflect()))
+	oi := es.NewField(es.Descriptor().Fields().ByName("orchestrationInstance")).Message()
+	oi.Set(oi.Descriptor().Fields().ByName("instanceId"), protoreflect.ValueOfString(e.str("InstanceID")))
+	oi.Set(oi.Descriptor().Fields().ByName("executionId"), protoreflect.ValueOfMessage(wrapperspb.String(e.str("ExecutionID")).ProtoReflect()))
+	es.Set(es.Descriptor().Fields().ByName("orchestrationInstance"), protoreflect.ValueOfMessage(oi))
+	m.Set(f, protoreflect.ValueOfMessage(es))
 	if t := parseTime(e.str("CreatedTime")); !t.IsZero() {
 		ev.Timestamp = timestamppb.New(t)
 	}
 	return ev
 }
 
-// executionFailed is an ExecutionCompleted event with status Failed.
-func executionFailed(fd *dtbackend.TaskFailureDetails) *dtbackend.HistoryEvent {
-	return newEvent("executionCompleted", func(e protoreflect.Message) {
-		f := e.Descriptor().Fields().ByName("orchestrationStatus")
-		e.Set(f, protoreflect.ValueOfEnum(protoreflect.EnumNumber(api.RUNTIME_STATUS_FAILED)))
-		setMessage(e, "result", wrapperspb.String("").ProtoReflect())
-		setMessage(e, "failureDetails", fd.ProtoReflect())
-	})
+// staleDeadLetter reports why a dead letter can no longer reach the
+// execution it was sent to ("" if it can): the instance is gone or was
+// recreated, the execution has ended, or the task it requests or answers
+// has been answered (a dead-lettered activity's task is answered when it
+// is set aside).
+func (b *Backend) staleDeadLetter(ctx context.Context, e entity, content string) (string, error) {
+	m := &inMsg{content: content}
+	if e.str("Queue") == b.names.telemetry {
+		return "", nil
+	}
+	if err := b.decode(ctx, m); err != nil {
+		return "", nil // replayed as it was: it is dead-lettered again if still unreadable
+	}
+	st, err := b.load(ctx, m.env.Instance)
+	if err != nil {
+		return "", err
+	}
+	exec := e.str("ExecutionID")
+	switch {
+	case st.sentinel == nil:
+		return "the instance no longer exists", nil
+	case exec != "" && st.sentinel.str("ExecutionID") != exec:
+		return "the instance runs another execution now", nil
+	}
+	state := dtbackend.NewOrchestrationRuntimeState(api.InstanceID(m.env.Instance), st.history)
+	if state.IsCompleted() {
+		return "the execution has ended", nil
+	}
+	view := newEpisodeView(st.history, nil)
+	if m.event.GetTaskScheduled() != nil {
+		if view.answered[fmt.Sprint("task|", m.event.GetEventId())] {
+			return "its task has been answered", nil
+		}
+		return "", nil
+	}
+	if answerKey(m.event) != "" {
+		if v, why := view.classify(m); v != accept {
+			return why, nil
+		}
+	}
+	return "", nil
 }
 
-// newEvent builds a HistoryEvent whose oneof field is set by fill.
-// durabletask-go keeps its protobuf types internal, so events it has no
-// exported constructor for are built through protobuf reflection.
-func newEvent(field string, fill func(protoreflect.Message)) *dtbackend.HistoryEvent {
-	ev := &dtbackend.HistoryEvent{EventId: -1, Timestamp: timestamppb.Now()}
-	m := ev.ProtoReflect()
-	f := m.Descriptor().Fields().ByName(protoreflect.Name(field))
-	sub := m.NewField(f).Message()
-	fill(sub)
-	m.Set(f, protoreflect.ValueOfMessage(sub))
-	return ev
-}
-
-func setInt32(m protoreflect.Message, name string, v int32) {
-	m.Set(m.Descriptor().Fields().ByName(protoreflect.Name(name)), protoreflect.ValueOfInt32(v))
-}
-
-func setMessage(m protoreflect.Message, name string, v protoreflect.Message) {
-	m.Set(m.Descriptor().Fields().ByName(protoreflect.Name(name)), protoreflect.ValueOfMessage(v))
+// dropDeadLetter deletes a dead letter's row and blob.
+func (b *Backend) dropDeadLetter(ctx context.Context, id string, e entity) error {
+	etag := e.etag()
+	if _, err := b.dead.DeleteEntity(ctx, deadPK, id, &aztables.DeleteEntityOptions{IfMatch: &etag}); err != nil && !isNotFound(err) {
+		return fmt.Errorf("azurestorage: remove dead letter %s: %w", id, err)
+	}
+	if blob := e.str("Blob"); blob != "" {
+		b.deleteBlob(ctx, blob)
+	}
+	return nil
 }

@@ -118,7 +118,7 @@ func (b *Backend) ReceiveTelemetry(ctx context.Context, limit int, visibility ti
 		}
 		if im.dequeueCount > int64(b.opts.MaxDequeueCount) {
 			reason := fmt.Sprintf("dequeued %d times (MaxDequeueCount %d) without being deleted", im.dequeueCount, b.opts.MaxDequeueCount)
-			if err := b.deadLetter(ctx, im, reason); err != nil {
+			if err := b.deadLetter(ctx, im, reason, im.dequeueCount, ""); err != nil {
 				b.log.Warn("azurestorage: dead-letter failed", "queue", b.names.telemetry, "err", err)
 			}
 			continue
@@ -128,7 +128,7 @@ func (b *Backend) ReceiveTelemetry(ctx context.Context, limit int, visibility ti
 			if transient(err) {
 				return out, err // left invisible; it reappears after visibility
 			}
-			if err := b.deadLetter(ctx, im, "unreadable telemetry: "+err.Error()); err != nil {
+			if err := b.deadLetter(ctx, im, "unreadable telemetry: "+err.Error(), im.dequeueCount, ""); err != nil {
 				b.log.Warn("azurestorage: dead-letter failed", "queue", b.names.telemetry, "err", err)
 			}
 			continue

@@ -13,9 +13,13 @@
 //     workers (e2e.go).
 //
 // A backend's test calls [Run] with a [Factory] and, for its domain store,
-// [RunFleet]:
+// [RunFleet]. Options declare how the factory configures its backends, for
+// the cases that depend on it (they are skipped when it is not declared):
 //
-//	func TestConformance(t *testing.T) { backendtest.Run(t, newBackend) }
+//	func TestConformance(t *testing.T) {
+//		backendtest.Run(t, newBackend, // opened with a 2 s lock and a limit of 3
+//			backendtest.LockTimeout(2*time.Second), backendtest.MaxDequeueCount(3))
+//	}
 //
 // Every case is a subtest with its own fresh backend and runs in parallel with
 // the others; limit that with go test -parallel for backends that share one
@@ -63,10 +67,37 @@ type testCase struct {
 	f    func(t *testing.T, ctx context.Context, be taskhub.Backend)
 }
 
+// Option declares how a Factory configures the backends it opens.
+type Option func(*config)
+
+type config struct {
+	lockTimeout     time.Duration
+	maxDequeueCount int
+}
+
+// LockTimeout declares the work-item lock timeout of the factory's backends.
+// The lock cases hold work items and run an activity for several times this
+// long (5x for the activity), so it must be at most maxCaseLock (3 s); they
+// are skipped when it is longer or not declared.
+func LockTimeout(d time.Duration) Option { return func(c *config) { c.lockTimeout = d } }
+
+// MaxDequeueCount declares the dead-letter limit of the factory's backends:
+// how many failed deliveries set a message aside. The cases that count
+// deliveries are skipped when it is not declared; keep it small (2-4), every
+// counted failure may be delayed by the backend's retry back-off.
+func MaxDequeueCount(n int) Option { return func(c *config) { c.maxDequeueCount = n } }
+
+// maxCaseLock bounds a declared lock timeout the lock cases accept.
+const maxCaseLock = 3 * time.Second
+
 // Run runs the task hub conformance suite against backends made by f.
-func Run(t *testing.T, f Factory) {
+func Run(t *testing.T, f Factory, opts ...Option) {
 	t.Helper()
-	cases := slices.Concat(lifecycleCases(), e2eCases(), queryCases())
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
+	cases := slices.Concat(lifecycleCases(), e2eCases(), queryCases(), lockCases(cfg), deadLetterCases(cfg))
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -106,8 +137,13 @@ func discardLogger() backend.Logger {
 // orchestrators and activities in r, until the test ends.
 func startWorker(t *testing.T, be backend.Backend, r *task.TaskRegistry) {
 	t.Helper()
+	startWorkerWith(t, be, task.NewTaskExecutor(r))
+}
+
+// startWorkerWith is startWorker with the given executor.
+func startWorkerWith(t *testing.T, be backend.Backend, exec backend.Executor) {
+	t.Helper()
 	logger := discardLogger()
-	exec := task.NewTaskExecutor(r)
 	gate := taskhub.NewGate(be)
 	ow := backend.NewOrchestrationWorker(gate, exec, logger, backend.WithMaxParallelism(4))
 	aw := backend.NewActivityTaskWorker(gate, exec, logger, backend.WithMaxParallelism(4))

@@ -28,7 +28,6 @@ func lifecycleCases() []testCase {
 		{"ActivitiesCompletingOutOfOrder", testOutOfOrderCompletion},
 		{"EventRaisedBeforeInstanceExists_Delivered", testEventBeforeInstance},
 		{"PurgeOrchestrationState", testPurge},
-		{"PoisonWorkItem_DeadLettered", testDeadLetter},
 	}
 }
 
@@ -413,69 +412,5 @@ func testPurge(t *testing.T, ctx context.Context, be taskhub.Backend) {
 	}
 	if err := be.PurgeOrchestrationState(ctx, "no-such-instance"); !errors.Is(err, api.ErrInstanceNotFound) {
 		t.Errorf("purge of an unknown instance: %v, want api.ErrInstanceNotFound", err)
-	}
-}
-
-// testDeadLetter checks the poison-message contract (TASKHUB.md:
-// "dead-letter after N dequeues, visible in the API/CLI, replayable"): an
-// activity work item that is abandoned again and again is set aside, listed
-// with its instance, and replaying it lets the instance complete.
-func testDeadLetter(t *testing.T, ctx context.Context, be taskhub.Backend) {
-	dl, ok := be.(taskhub.DeadLetterer)
-	if !ok {
-		t.Skip("backend has no dead-letter queue")
-	}
-	r := task.NewTaskRegistry()
-	_ = r.AddOrchestratorN("Poisoned", func(ctx *task.OrchestrationContext) (any, error) {
-		var out string
-		err := ctx.CallActivity("Flaky").Await(&out)
-		return out, err
-	})
-	_ = r.AddActivityN("Flaky", func(task.ActivityContext) (any, error) { return "recovered", nil })
-	d := newDriver(t, be, r)
-	c := backend.NewTaskHubClient(be)
-	id := schedule(t, ctx, c, "Poisoned", api.WithInstanceID("poisoned-1"))
-	d.runOrch(ctx, d.fetchOrch(ctx))
-
-	// Abandon the activity whenever it is delivered until it is set aside.
-	var letter taskhub.DeadLetter
-	deadline := time.Now().Add(90 * time.Second)
-	for letter.ID == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("the repeatedly abandoned activity was never dead-lettered")
-		}
-		if wi, ok := d.tryAct(ctx, 200*time.Millisecond); ok {
-			if err := be.AbandonActivityWorkItem(ctx, wi); err != nil {
-				t.Fatalf("abandon: %v", err)
-			}
-		}
-		letters, err := dl.DeadLetters(ctx)
-		if err != nil {
-			t.Fatalf("DeadLetters: %v", err)
-		}
-		for _, l := range letters {
-			if l.InstanceID == string(id) {
-				letter = l
-			}
-		}
-	}
-	if letter.DequeueCount < 2 || letter.Reason == "" || letter.EventType != "TaskScheduled" {
-		t.Errorf("dead letter %+v: want its dequeue count, a reason and event type TaskScheduled", letter)
-	}
-	if wi, ok := d.tryAct(ctx, 500*time.Millisecond); ok {
-		t.Fatalf("a dead-lettered activity was delivered again: %v", wi)
-	}
-	if err := dl.ReplayDeadLetter(ctx, "no-such-letter"); !errors.Is(err, taskhub.ErrDeadLetterNotFound) {
-		t.Errorf("replaying an unknown dead letter: %v, want taskhub.ErrDeadLetterNotFound", err)
-	}
-	if err := dl.ReplayDeadLetter(ctx, letter.ID); err != nil {
-		t.Fatalf("ReplayDeadLetter: %v", err)
-	}
-	d.runUntil(ctx, func() bool { return metadata(t, ctx, be, id).IsComplete() })
-	if md := metadata(t, ctx, be, id); md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || md.SerializedOutput != `"recovered"` {
-		t.Fatalf("after replay: %s, want Completed with \"recovered\"", describe(md))
-	}
-	if letters, _ := dl.DeadLetters(ctx); len(letters) != 0 {
-		t.Errorf("dead letters after replay: %+v, want none", letters)
 	}
 }

@@ -1,8 +1,18 @@
-// Package sqlite is dronehub's embedded task hub: durabletask-go's SQLite
-// backend, wrapped to add what v0.6.0 lacks (instance listing, scheduled
-// start, in-process wake-ups, protection against stale timers), plus the
-// fleet.Store on the same database file. It needs nothing installed: the
-// driver is pure Go.
+// Package sqlite is dronehub's embedded task hub, on a SQLite file, with the
+// fleet.Store in the same file. It implements durabletask-go v0.6.0's
+// backend contract on durabletask-go's own SQLite schema (files written by
+// earlier versions, which wrapped durabletask-go's SQLite backend, open as
+// they are), and adds what that backend lacks: instance listing, scheduled
+// start, in-process wake-ups, protection against stale timers, lock renewal,
+// and dead letters that reach their workflow. It needs nothing installed:
+// the driver is pure Go.
+//
+// Connections: one writer connection runs every write, each in an immediate
+// transaction (so a read-then-write transaction never fails on the upgrade
+// to a write lock, and writers in this process queue on the pool instead of
+// spinning on SQLITE_BUSY), and a small pool of read-only connections serves
+// status reads, histories and listings, which WAL lets proceed while a
+// write commits.
 package sqlite
 
 import (
@@ -11,17 +21,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
-	dtsqlite "github.com/microsoft/durabletask-go/backend/sqlite"
 	"google.golang.org/protobuf/proto"
+	_ "modernc.org/sqlite" // the "sqlite" driver
 
 	"github.com/dronehub/dronehub/taskhub"
 )
@@ -32,16 +43,21 @@ type Options struct {
 	// Path is the database file; it is created if missing.
 	Path string
 	// LockTimeout is how long a work item stays locked to the worker that
-	// fetched it; a worker that dies releases its work after this long.
-	// Default 2 minutes.
+	// fetched it without being renewed. The backend renews the locks of the
+	// work items it handed out every LockTimeout/3 until they are completed
+	// or abandoned, so this bounds how long the work of a worker that died
+	// (or called Stop) stays locked, not how long work may take. Default 2
+	// minutes.
 	LockTimeout time.Duration
 	// PollInterval is how often an idle consumer re-checks the database for
 	// work written by other processes. Work this process enqueues wakes its
 	// consumers at once, and timers wake them when due. Default 500ms.
 	PollInterval time.Duration
-	// MaxDequeueCount is how many times a work item may be fetched without
-	// completing before its messages are moved to the dead letters (see
-	// DeadLetters). Default 10.
+	// MaxDequeueCount is how many deliveries of an orchestration work item
+	// may fail (its orchestrator's execution failed, e.g. it panicked in
+	// dronehub's worker) before its messages are moved to the dead letters
+	// and the instance ends Failed. Hand-backs, failed commits and expired
+	// locks do not count; see taskhub/deadletter.go. Default 10.
 	MaxDequeueCount int
 	// Logger receives the backend's logs; default slog.Default().
 	Logger *slog.Logger
@@ -79,28 +95,64 @@ func (o Options) validate() error {
 	return nil
 }
 
+// readConns bounds the read-only pool.
+const readConns = 4
+
 // Backend is the SQLite task hub. It implements taskhub.Backend.
 type Backend struct {
-	inner dtbackend.Backend
-	db    *sql.DB // ours: listing, scheduling look-ups and the fleet store
-	opts  Options
-	log   *slog.Logger
+	wdb  *sql.DB // the writer: one connection, immediate transactions
+	rdb  *sql.DB // readers: up to readConns read-only connections
+	opts Options
+	log  *slog.Logger
+
+	ownerPrefix string        // host,pid,uuid of this Backend
+	ownerSeq    atomic.Uint64 // makes each fetch's lock owner unique
 
 	orchWake, actWake taskhub.Wake
+	leases            leases
 
 	mu      sync.Mutex
 	created bool
+	closed  bool
 	fleet   *Fleet
 }
 
-var _ taskhub.Backend = (*Backend)(nil)
+var (
+	_ taskhub.Backend              = (*Backend)(nil)
+	_ taskhub.DeadLetterer         = (*Backend)(nil)
+	_ taskhub.ActivityDeadLetterer = (*Backend)(nil)
+	_ taskhub.Inspector            = (*Backend)(nil)
+	_ taskhub.Pinger               = (*Backend)(nil)
+)
 
-// dsn builds a SQLite URI. WAL lets readers (status polls, listings) proceed
-// while a worker commits; busy_timeout makes the two connection pools wait
-// for each other instead of failing with SQLITE_BUSY.
-func dsn(path string) string {
+// Durability. The writer runs in WAL mode with synchronous=NORMAL: a commit
+// is not flushed to disk until the next checkpoint, so a power loss or an OS
+// crash (not a crash of the process) may roll back the transactions of the
+// last moments, though never leave the file inconsistent: what survives is
+// the state at an earlier point in time. For the worker's own commits
+// (locks, turns, activity results) that is the at-least-once contract: the
+// lost work runs again. Writes acknowledged to a client who will not repeat
+// them (creating an instance, raising, terminating, suspending or resuming,
+// purging, replaying a dead letter) commit with synchronous=FULL instead
+// (writeDurable), which also makes every earlier commit durable. The fleet
+// store's writes (drone state, effect records) stay NORMAL: after a power
+// loss a drone's state may step back to earlier frames until its next
+// frames arrive. See docs/architecture.md.
+//
+// busy_timeout makes writers of other processes on the same file wait for
+// each other instead of failing at once; in this process, writes queue on
+// the single writer connection.
+func writerDSN(path string) string {
+	return fileURL(path) + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+}
+
+func readerDSN(path string) string {
+	return fileURL(path) + "?_pragma=busy_timeout(10000)&_pragma=query_only(1)"
+}
+
+func fileURL(path string) string {
 	u := url.URL{Scheme: "file", Opaque: (&url.URL{Path: path}).EscapedPath()}
-	return u.String() + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+	return u.String()
 }
 
 // Open opens (creating if needed) the task hub in the database file.
@@ -109,75 +161,92 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	db, err := sql.Open("sqlite", dsn(opts.Path))
+	wdb, err := sql.Open("sqlite", writerDSN(opts.Path))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", opts.Path, err)
 	}
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
+	wdb.SetMaxOpenConns(1)
+	wdb.SetMaxIdleConns(1)
+	if err := wdb.PingContext(ctx); err != nil {
+		wdb.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", opts.Path, err)
 	}
-	dtOpts := dtsqlite.NewSqliteOptions(dsn(opts.Path))
-	dtOpts.OrchestrationLockTimeout = opts.LockTimeout
-	dtOpts.ActivityLockTimeout = opts.LockTimeout
+	rdb, err := sql.Open("sqlite", readerDSN(opts.Path))
+	if err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", opts.Path, err)
+	}
+	rdb.SetMaxOpenConns(readConns)
+	rdb.SetMaxIdleConns(readConns)
+	host, _ := os.Hostname()
 	b := &Backend{
-		inner: dtsqlite.NewSqliteBackend(dtOpts, taskhub.Logger(opts.Logger)),
-		db:    db,
-		opts:  opts,
-		log:   opts.Logger,
+		wdb:         wdb,
+		rdb:         rdb,
+		opts:        opts,
+		log:         opts.Logger,
+		ownerPrefix: fmt.Sprintf("%s,%d,%s", host, os.Getpid(), uuid.NewString()),
 	}
+	b.leases.stop = make(chan struct{})
 	if err := b.CreateTaskHub(ctx); err != nil && !errors.Is(err, dtbackend.ErrTaskHubExists) {
-		db.Close()
+		b.Close()
 		return nil, err
 	}
-	f, err := newFleet(ctx, db)
+	f, err := newFleet(ctx, wdb)
 	if err != nil {
-		db.Close()
+		b.Close()
 		return nil, err
-	}
-	if _, err := db.ExecContext(ctx, deadLetterSchema); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("sqlite: create dead-letter table: %w", err)
 	}
 	b.fleet = f
 	return b, nil
 }
 
-// Fleet returns the domain store on the same database file.
+// Fleet returns the domain store on the same database file. It writes
+// through the task hub's writer connection.
 func (b *Backend) Fleet() *Fleet { return b.fleet }
 
-// Close releases the database. Stop the worker using the backend first.
-func (b *Backend) Close() error { return b.db.Close() }
+// Close stops renewing locks and closes every database handle the backend
+// opened. Stop the worker using the backend first: work items still out are
+// delivered again once their locks expire.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closeLocked()
+}
+
+func (b *Backend) closeLocked() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	b.closeLeases()
+	rerr := b.rdb.Close()
+	werr := b.wdb.Close() // last, so that it checkpoints the WAL
+	return errors.Join(werr, rerr)
+}
 
 // String names the backend in logs.
 func (b *Backend) String() string { return "sqlite:" + b.opts.Path }
 
-// CreateTaskHub creates the schema. The wrapped backend panics on failure, so
-// the call is guarded: a damaged file becomes an error, not a crash.
-func (b *Backend) CreateTaskHub(ctx context.Context) (err error) {
+// CreateTaskHub creates the schema.
+func (b *Backend) CreateTaskHub(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.created {
 		return dtbackend.ErrTaskHubExists
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("sqlite: create task hub in %s: %v", b.opts.Path, r)
-		}
-	}()
-	if err := b.inner.CreateTaskHub(ctx); err != nil {
-		return err
+	if err := b.write(ctx, func(tx *sql.Tx) error { return migrate(ctx, tx) }); err != nil {
+		return fmt.Errorf("sqlite: create task hub in %s: %w", b.opts.Path, err)
 	}
 	b.created = true
 	return nil
 }
 
-// DeleteTaskHub removes the database file and its WAL.
+// DeleteTaskHub closes the backend and removes the database file and its WAL.
 func (b *Backend) DeleteTaskHub(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.created = false
-	b.db.Close()
+	b.closeLocked()
 	err := os.Remove(b.opts.Path)
 	os.Remove(b.opts.Path + "-wal")
 	os.Remove(b.opts.Path + "-shm")
@@ -187,119 +256,283 @@ func (b *Backend) DeleteTaskHub(ctx context.Context) error {
 	return err
 }
 
-// Start implements backend.Backend.
-func (b *Backend) Start(ctx context.Context) error { return b.inner.Start(ctx) }
+// Start implements backend.Backend. Locks are renewed whenever work items
+// are out; there is nothing else to start.
+func (b *Backend) Start(context.Context) error { return nil }
 
-// Stop implements backend.Backend.
-func (b *Backend) Stop(ctx context.Context) error { return b.inner.Stop(ctx) }
+// Stop implements backend.Backend: it stops renewing the locks of the work
+// items handed out so far. The runner calls it once its work is drained;
+// work still running then (cut off at the shutdown deadline) is delivered
+// again when its lock expires, unless it is completed or abandoned first.
+func (b *Backend) Stop(context.Context) error {
+	b.dropLeases()
+	return nil
+}
 
-// CreateOrchestrationInstance implements backend.Backend.
+// write runs fn in an immediate transaction on the writer connection.
+func (b *Backend) write(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := b.wdb.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin a write: %w", err)
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	return nil
+}
+
+// writeDurable is write for a change acknowledged to a client: it commits
+// with synchronous=FULL, so it survives a power loss once it returns.
+func (b *Backend) writeDurable(ctx context.Context, fn func(*sql.Tx) error) error {
+	conn, err := b.wdb.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin a write: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = FULL`); err != nil {
+		return fmt.Errorf("sqlite: begin a write: %w", err)
+	}
+	defer func() {
+		rctx, cancel := handBack(ctx)
+		defer cancel()
+		if _, err := conn.ExecContext(rctx, `PRAGMA synchronous = NORMAL`); err != nil {
+			b.log.Warn("sqlite: could not reset synchronous to NORMAL; writes stay FULL", "err", err)
+		}
+	}()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin a write: %w", err)
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	return nil
+}
+
+// handBack is ctx without its cancellation, bounded: what a hand-back or a
+// dead-letter move runs on, so that it happens even when the caller's
+// context was just cancelled (at shutdown).
+func handBack(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+}
+
+// queryer is a *sql.DB or a *sql.Tx.
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// CreateOrchestrationInstance implements backend.Backend. An instance whose
+// start time lies ahead stays Pending and is not fetched until then.
 func (b *Backend) CreateOrchestrationInstance(ctx context.Context, e *dtbackend.HistoryEvent, opts ...dtbackend.OrchestrationIdReusePolicyOptions) error {
-	if err := b.inner.CreateOrchestrationInstance(ctx, e, opts...); err != nil {
+	err := b.writeDurable(ctx, func(tx *sql.Tx) error {
+		return b.createInstance(ctx, tx, e, time.Now().UTC(), opts...)
+	})
+	if errors.Is(err, api.ErrIgnoreInstance) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	b.orchWake.Notify()
+	return nil
+}
+
+// createInstance inserts the instance of the start event e and queues e for
+// it, applying the reuse policy if the id is taken.
+func (b *Backend) createInstance(ctx context.Context, tx *sql.Tx, e *dtbackend.HistoryEvent, now time.Time, opts ...dtbackend.OrchestrationIdReusePolicyOptions) error {
+	if e == nil || e.Timestamp == nil {
+		return errors.New("sqlite: a start event with a timestamp is required")
+	}
+	es := e.GetExecutionStarted()
+	if es == nil {
+		return errors.New("sqlite: CreateOrchestrationInstance needs an ExecutionStarted event")
+	}
+	id := es.GetOrchestrationInstance().GetInstanceId()
+	policy := &api.OrchestrationIdReusePolicy{}
+	for _, opt := range opts {
+		if err := opt(policy); err != nil {
+			return err
+		}
+	}
+	insert := func() (int64, error) {
+		res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO Instances (Name, Version, InstanceID, ExecutionID, Input, RuntimeStatus, CreatedTime)
+			VALUES (?, ?, ?, ?, ?, 'PENDING', ?)`,
+			es.GetName(), es.GetVersion().GetValue(), id, es.GetOrchestrationInstance().GetExecutionId().GetValue(),
+			es.GetInput().GetValue(), e.Timestamp.AsTime())
+		if err != nil {
+			return 0, fmt.Errorf("sqlite: create instance %s: %w", id, err)
+		}
+		return res.RowsAffected()
+	}
+	n, err := insert()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		var status string
+		if err := tx.QueryRowContext(ctx, `SELECT RuntimeStatus FROM Instances WHERE InstanceID = ?`, id).Scan(&status); err != nil {
+			return fmt.Errorf("sqlite: create instance %s: %w", id, err)
+		}
+		st, _ := taskhub.ParseStatus(status)
+		matches := false
+		for _, s := range policy.GetOperationStatus() {
+			matches = matches || s == st
+		}
+		switch {
+		case !matches:
+			return api.ErrDuplicateInstance
+		case policy.GetAction() == api.REUSE_ID_ACTION_IGNORE:
+			b.log.Warn("sqlite: an instance with this id exists; ignoring the create request", "instance", id)
+			return api.ErrIgnoreInstance
+		case policy.GetAction() == api.REUSE_ID_ACTION_TERMINATE:
+			if err := deleteInstance(ctx, tx, api.InstanceID(id)); err != nil {
+				return err
+			}
+			if n, err = insert(); err != nil {
+				return err
+			} else if n == 0 {
+				return fmt.Errorf("sqlite: create instance %s: the id is still taken", id)
+			}
+		default:
+			return api.ErrDuplicateInstance
+		}
+	}
+	payload, err := dtbackend.MarshalHistoryEvent(e)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO NewEvents (InstanceID, ExecutionID, EventPayload) VALUES (?, ?, ?)`,
+		id, es.GetOrchestrationInstance().GetExecutionId().GetValue(), payload); err != nil {
+		return fmt.Errorf("sqlite: create instance %s: %w", id, err)
+	}
+	if at, ok := taskhub.ScheduledStart([]*dtbackend.HistoryEvent{e}, now); ok {
+		return deferInstance(ctx, tx, id, at)
+	}
+	return nil
+}
+
+// deferInstance keeps an unlocked instance from being fetched until at.
+func deferInstance(ctx context.Context, tx *sql.Tx, id string, at time.Time) error {
+	_, err := tx.ExecContext(ctx, `UPDATE Instances SET LockedBy = NULL, LockExpiration = ? WHERE InstanceID = ?`, at.UTC(), id)
+	return err
+}
+
+// deleteInstance removes an instance and everything queued for it.
+func deleteInstance(ctx context.Context, tx *sql.Tx, id api.InstanceID) error {
+	for _, q := range []string{
+		`DELETE FROM Instances WHERE InstanceID = ?`,
+		`DELETE FROM History WHERE InstanceID = ?`,
+		`DELETE FROM NewEvents WHERE InstanceID = ?`,
+		`DELETE FROM NewTasks WHERE InstanceID = ?`,
+	} {
+		if _, err := tx.ExecContext(ctx, q, string(id)); err != nil {
+			return fmt.Errorf("sqlite: delete instance %s: %w", id, err)
+		}
+	}
 	return nil
 }
 
 // AddNewOrchestrationEvent implements backend.Backend. Events for an instance
-// that does not exist yet are kept and delivered once it is created.
+// that does not exist yet are kept and delivered once it is created; events
+// for an instance whose start lies ahead wait for the start, except a
+// terminate, which acts at once.
 func (b *Backend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *dtbackend.HistoryEvent) error {
-	if err := b.inner.AddNewOrchestrationEvent(ctx, id, e); err != nil {
+	if e == nil || e.Timestamp == nil {
+		return errors.New("sqlite: an event with a timestamp is required")
+	}
+	payload, err := dtbackend.MarshalHistoryEvent(e)
+	if err != nil {
 		return err
+	}
+	err = b.writeDurable(ctx, func(tx *sql.Tx) error { return addEvent(ctx, tx, string(id), "", e, payload) })
+	if err != nil {
+		return fmt.Errorf("sqlite: add event for %s: %w", id, err)
 	}
 	b.orchWake.Notify()
 	return nil
 }
 
-// GetOrchestrationWorkItem waits until an instance has work or ctx ends; it
-// then returns ErrNoWorkItems (wrapping ctx's error). Waiting here, woken by
-// this process's own enqueues and by due timers, gives low latency without
-// the polling worker's backoff.
-func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.OrchestrationWorkItem, error) {
-	for {
-		wake := b.orchWake.C()
-		wi, err := b.inner.GetOrchestrationWorkItem(ctx)
-		if err == nil {
-			if at, ok := taskhub.ScheduledStart(wi.NewEvents, time.Now()); ok {
-				if err := b.postpone(ctx, wi, at); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			if int(wi.RetryCount) >= b.opts.MaxDequeueCount {
-				b.log.Error("orchestration work item dead-lettered: it keeps failing", "instance", wi.InstanceID, "dequeues", wi.RetryCount+1)
-				if err := b.deadLetterOrchestration(ctx, wi); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			return wi, nil
-		}
-		if !errors.Is(err, dtbackend.ErrNoWorkItems) {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
-			}
-			return nil, err
-		}
-		if !taskhub.Sleep(ctx, wake, b.untilNextEvent(ctx)) {
-			return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
-		}
+// addEvent queues an event for an instance; a terminate also cancels the
+// wait for a scheduled start.
+func addEvent(ctx context.Context, tx *sql.Tx, id, execID string, e *dtbackend.HistoryEvent, payload []byte) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO NewEvents (InstanceID, ExecutionID, EventPayload) VALUES (?, ?, ?)`,
+		id, nullIfEmpty(execID), payload); err != nil {
+		return err
 	}
-}
-
-// postpone returns a work item whose start time lies in the future to the
-// queue until then. The wrapped backend derives the abandon delay from the
-// retry count (one second per retry, up to 100), so the count is set to the
-// whole seconds left: the instance starts at most a second late, never early.
-func (b *Backend) postpone(ctx context.Context, wi *dtbackend.OrchestrationWorkItem, at time.Time) error {
-	secs := math.Ceil(time.Until(at).Seconds())
-	wi.RetryCount = int32(min(max(secs, 1), 100))
-	// The abandon must happen even if ctx was just cancelled (shutdown), or
-	// the instance would stay locked until the lock timeout.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := b.inner.AbandonOrchestrationWorkItem(actx, wi); err != nil {
-		return fmt.Errorf("sqlite: postpone scheduled start of %s: %w", wi.InstanceID, err)
-	}
-	// Waiting for the start time is not a failure: do not let it count
-	// towards the dead-letter limit.
-	if _, err := b.db.ExecContext(actx, `UPDATE NewEvents SET DequeueCount = 0 WHERE InstanceID = ? AND LockedBy IS NULL`, string(wi.InstanceID)); err != nil {
-		return fmt.Errorf("sqlite: postpone scheduled start of %s: %w", wi.InstanceID, err)
+	if e.GetExecutionTerminated() != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE Instances SET LockExpiration = NULL WHERE InstanceID = ? AND LockedBy IS NULL`, id); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// untilNextEvent is how long to sleep before the next check: until the
-// earliest delayed event (timer, postponed start, retry) becomes visible, but
-// no longer than PollInterval. An event of a locked instance counts from the
-// lock's expiry: its owner's completion wakes us sooner, and counting from
-// the event would spin until the lock is released.
-func (b *Backend) untilNextEvent(ctx context.Context) time.Duration {
-	d := b.opts.PollInterval
-	var next sql.NullString
-	err := b.db.QueryRowContext(ctx, `SELECT MIN(CASE WHEN I.LockExpiration IS NOT NULL AND I.LockExpiration > E.VisibleTime
-		THEN I.LockExpiration ELSE E.VisibleTime END)
-		FROM NewEvents E JOIN Instances I ON I.InstanceID = E.InstanceID
-		WHERE E.VisibleTime IS NOT NULL AND E.LockedBy IS NULL`).Scan(&next)
-	if err != nil || !next.Valid {
-		return d
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
 	}
-	if t, ok := parseTime(next.String); ok {
-		if until := time.Until(t) + time.Millisecond; until < d {
-			return max(until, time.Millisecond)
+	return s
+}
+
+// GetOrchestrationMetadata implements backend.Backend.
+func (b *Backend) GetOrchestrationMetadata(ctx context.Context, id api.InstanceID) (*api.OrchestrationMetadata, error) {
+	var (
+		name, status          string
+		created, updated      time.Time
+		input, output, custom sql.NullString
+		failure               []byte
+	)
+	err := b.rdb.QueryRowContext(ctx, `SELECT Name, RuntimeStatus, CreatedTime, LastUpdatedTime, Input, Output, CustomStatus, FailureDetails
+		FROM Instances WHERE InstanceID = ?`, string(id)).Scan(&name, &status, &created, &updated, &input, &output, &custom, &failure)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, api.ErrInstanceNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read instance %s: %w", id, err)
+	}
+	return metadataOf(string(id), name, status, created, updated, input, output, custom, failure)
+}
+
+func metadataOf(id, name, status string, created, updated time.Time, input, output, custom sql.NullString, failure []byte) (*api.OrchestrationMetadata, error) {
+	st, err := taskhub.ParseStatus(status)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: instance %s has unknown status %q", id, status)
+	}
+	var fd *dtbackend.TaskFailureDetails
+	if len(failure) > 0 {
+		fd = &dtbackend.TaskFailureDetails{}
+		if err := proto.Unmarshal(failure, fd); err != nil {
+			return nil, fmt.Errorf("sqlite: instance %s: failure details: %w", id, err)
 		}
 	}
-	return d
+	return api.NewOrchestrationMetadata(api.InstanceID(id), name, st, created, updated, input.String, output.String, custom.String, fd), nil
 }
 
 // GetOrchestrationRuntimeState implements backend.Backend. It also drops
-// timer events that belong to an earlier execution (see taskhub.DropStaleTimers).
+// timer events that belong to an earlier execution (see
+// taskhub.DropStaleTimers).
 func (b *Backend) GetOrchestrationRuntimeState(ctx context.Context, wi *dtbackend.OrchestrationWorkItem) (*dtbackend.OrchestrationRuntimeState, error) {
-	state, err := b.inner.GetOrchestrationRuntimeState(ctx, wi)
+	history, err := loadHistory(ctx, b.rdb, wi.InstanceID)
+	b.update(wi.LockedBy, func(l *lease) {
+		if err != nil {
+			l.loadFailed = true
+		} else {
+			l.loaded, l.loadCtx = true, ctx
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
+	state := dtbackend.NewOrchestrationRuntimeState(wi.InstanceID, history)
 	if kept := taskhub.DropStaleTimers(state.OldEvents(), wi.NewEvents); len(kept) != len(wi.NewEvents) {
 		b.log.Debug("dropped stale timer events", "instance", wi.InstanceID, "dropped", len(wi.NewEvents)-len(kept))
 		wi.NewEvents = kept
@@ -307,81 +540,50 @@ func (b *Backend) GetOrchestrationRuntimeState(ctx context.Context, wi *dtbacken
 	return state, nil
 }
 
-// GetOrchestrationMetadata implements backend.Backend.
-func (b *Backend) GetOrchestrationMetadata(ctx context.Context, id api.InstanceID) (*api.OrchestrationMetadata, error) {
-	return b.inner.GetOrchestrationMetadata(ctx, id)
-}
-
-// CompleteOrchestrationWorkItem implements backend.Backend.
-func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbackend.OrchestrationWorkItem) error {
-	if err := b.inner.CompleteOrchestrationWorkItem(ctx, wi); err != nil {
-		return err
+// loadHistory reads an instance's history.
+func loadHistory(ctx context.Context, q queryer, id api.InstanceID) ([]*dtbackend.HistoryEvent, error) {
+	rows, err := q.QueryContext(ctx, `SELECT EventPayload FROM History WHERE InstanceID = ? ORDER BY SequenceNumber`, string(id))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read history of %s: %w", id, err)
 	}
-	if wi.State != nil {
-		if len(wi.State.PendingTasks()) > 0 {
-			b.actWake.Notify()
+	defer rows.Close()
+	var out []*dtbackend.HistoryEvent
+	for rows.Next() {
+		var payload []byte
+		if err := rows.Scan(&payload); err != nil {
+			return nil, fmt.Errorf("sqlite: read history of %s: %w", id, err)
 		}
-		if len(wi.State.PendingMessages()) > 0 || len(wi.State.PendingTimers()) > 0 {
-			b.orchWake.Notify()
+		e, err := dtbackend.UnmarshalHistoryEvent(payload)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: history of %s: %w", id, err)
 		}
+		out = append(out, e)
 	}
-	return nil
-}
-
-// AbandonOrchestrationWorkItem implements backend.Backend.
-func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbackend.OrchestrationWorkItem) error {
-	err := b.inner.AbandonOrchestrationWorkItem(ctx, wi)
-	b.orchWake.Notify()
-	return err
-}
-
-// GetActivityWorkItem waits until an activity is ready or ctx ends, like
-// GetOrchestrationWorkItem.
-func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityWorkItem, error) {
-	for {
-		wake := b.actWake.C()
-		wi, err := b.inner.GetActivityWorkItem(ctx)
-		if err == nil {
-			if n := b.activityDequeues(ctx, wi); n > b.opts.MaxDequeueCount {
-				b.log.Error("activity work item dead-lettered: it keeps failing", "instance", wi.InstanceID, "activity", wi.NewEvent.GetTaskScheduled().GetName(), "dequeues", n)
-				if err := b.deadLetterActivity(ctx, wi, n); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			return wi, nil
-		}
-		if !errors.Is(err, dtbackend.ErrNoWorkItems) {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
-			}
-			return nil, err
-		}
-		if !taskhub.Sleep(ctx, wake, b.opts.PollInterval) {
-			return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
-		}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read history of %s: %w", id, err)
 	}
+	return out, nil
 }
 
-// CompleteActivityWorkItem implements backend.Backend.
-func (b *Backend) CompleteActivityWorkItem(ctx context.Context, wi *dtbackend.ActivityWorkItem) error {
-	if err := b.inner.CompleteActivityWorkItem(ctx, wi); err != nil {
-		return err
-	}
-	b.orchWake.Notify()
-	return nil
-}
-
-// AbandonActivityWorkItem implements backend.Backend.
-func (b *Backend) AbandonActivityWorkItem(ctx context.Context, wi *dtbackend.ActivityWorkItem) error {
-	err := b.inner.AbandonActivityWorkItem(ctx, wi)
-	b.actWake.Notify()
-	return err
-}
-
-// PurgeOrchestrationState implements backend.Backend.
+// PurgeOrchestrationState implements backend.Backend: it deletes a
+// completed, failed or terminated instance.
 func (b *Backend) PurgeOrchestrationState(ctx context.Context, id api.InstanceID) error {
-	return b.inner.PurgeOrchestrationState(ctx, id)
+	return b.writeDurable(ctx, func(tx *sql.Tx) error {
+		var status string
+		err := tx.QueryRowContext(ctx, `SELECT RuntimeStatus FROM Instances WHERE InstanceID = ?`, string(id)).Scan(&status)
+		if errors.Is(err, sql.ErrNoRows) {
+			return api.ErrInstanceNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite: purge %s: %w", id, err)
+		}
+		switch status {
+		case "COMPLETED", "FAILED", "TERMINATED":
+		default:
+			return api.ErrNotCompleted
+		}
+		return deleteInstance(ctx, tx, id)
+	})
 }
 
 // ListInstances implements taskhub.Backend.
@@ -429,7 +631,7 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 	query += " ORDER BY CAST(CreatedTime AS TEXT), InstanceID LIMIT ?"
 	args = append(args, q.PageSize+1)
 
-	rows, err := b.db.QueryContext(ctx, query, args...)
+	rows, err := b.rdb.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list instances: %w", err)
 	}
@@ -451,20 +653,12 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 			page.ContinuationToken = taskhub.Cursor{Created: lastCreated, ID: string(last.InstanceID)}.Encode()
 			break
 		}
-		st, err := taskhub.ParseStatus(status)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: instance %s has unknown status %q", id, status)
-		}
 		createdAt, _ := parseTime(created)
-		var fd *dtbackend.TaskFailureDetails
-		if len(failure) > 0 {
-			fd = &dtbackend.TaskFailureDetails{}
-			if err := proto.Unmarshal(failure, fd); err != nil {
-				return nil, fmt.Errorf("sqlite: instance %s: failure details: %w", id, err)
-			}
+		md, err := metadataOf(id, name, status, createdAt, updated, input, output, custom, failure)
+		if err != nil {
+			return nil, err
 		}
-		page.Instances = append(page.Instances, api.NewOrchestrationMetadata(api.InstanceID(id), name, st,
-			createdAt, updated, input.String, output.String, custom.String, fd))
+		page.Instances = append(page.Instances, md)
 		lastCreated = created
 	}
 	if err := rows.Err(); err != nil {
@@ -475,11 +669,7 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 
 // History returns an instance's stored history, for diagnostics and tests.
 func (b *Backend) History(ctx context.Context, id api.InstanceID) ([]*dtbackend.HistoryEvent, error) {
-	state, err := b.inner.GetOrchestrationRuntimeState(ctx, &dtbackend.OrchestrationWorkItem{InstanceID: id})
-	if err != nil {
-		return nil, err
-	}
-	return state.OldEvents(), nil
+	return loadHistory(ctx, b.rdb, id)
 }
 
 // parseTime reads the driver's default time encoding (time.Time.String).
@@ -495,13 +685,11 @@ func parseTime(s string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-var _ taskhub.Inspector = (*Backend)(nil)
-
-// HubInfo implements taskhub.Inspector: instance counts by status. SQLite
-// has one implicit partition and no dead-letter queue.
+// HubInfo implements taskhub.Inspector: instance counts by status, queue
+// depths and the number of dead letters. SQLite has one implicit partition.
 func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
-	info := taskhub.HubInfo{Kind: "sqlite", Name: b.opts.Path, Instances: map[string]int{}}
-	rows, err := b.db.QueryContext(ctx, `SELECT RuntimeStatus, COUNT(*) FROM Instances GROUP BY RuntimeStatus`)
+	info := taskhub.HubInfo{Kind: "sqlite", Name: b.opts.Path, Instances: map[string]int{}, QueueDepths: map[string]int{}}
+	rows, err := b.rdb.QueryContext(ctx, `SELECT RuntimeStatus, COUNT(*) FROM Instances GROUP BY RuntimeStatus`)
 	if err != nil {
 		return info, fmt.Errorf("sqlite: hub info: %w", err)
 	}
@@ -520,17 +708,15 @@ func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
 	if err := rows.Err(); err != nil {
 		return info, fmt.Errorf("sqlite: hub info: %w", err)
 	}
-	var pending int
-	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM NewEvents`).Scan(&pending); err == nil {
-		info.QueueDepths = map[string]int{"NewEvents": pending}
+	var events, tasks int
+	err = b.rdb.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM NewEvents), (SELECT COUNT(*) FROM NewTasks), (SELECT COUNT(*) FROM DronehubDeadLetters)`).
+		Scan(&events, &tasks, &info.DeadLetters)
+	if err != nil {
+		return info, fmt.Errorf("sqlite: hub info: %w", err)
 	}
-	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM NewTasks`).Scan(&pending); err == nil {
-		info.QueueDepths["NewTasks"] = pending
-	}
+	info.QueueDepths["NewEvents"], info.QueueDepths["NewTasks"] = events, tasks
 	return info, nil
 }
 
-var _ taskhub.Pinger = (*Backend)(nil)
-
 // Ping implements taskhub.Pinger.
-func (b *Backend) Ping(ctx context.Context) error { return b.db.PingContext(ctx) }
+func (b *Backend) Ping(ctx context.Context) error { return b.rdb.PingContext(ctx) }

@@ -43,8 +43,28 @@ func newBackend(t *testing.T) *sqlite.Backend {
 	return open(t, filepath.Join(t.TempDir(), "hub.db"), 50*time.Millisecond)
 }
 
+// The conformance suite's backends: a 2 s lock (renewed while work is in
+// progress) and a dead-letter limit of 3 failed deliveries.
+const (
+	conformanceLock  = 2 * time.Second
+	conformanceLimit = 3
+)
+
 func TestConformance(t *testing.T) {
-	backendtest.Run(t, func(t *testing.T) taskhub.Backend { return newBackend(t) })
+	backendtest.Run(t, func(t *testing.T) taskhub.Backend {
+		b, err := sqlite.Open(context.Background(), sqlite.Options{
+			Path:            filepath.Join(t.TempDir(), "hub.db"),
+			LockTimeout:     conformanceLock,
+			MaxDequeueCount: conformanceLimit,
+			PollInterval:    50 * time.Millisecond,
+			Logger:          quietLogger(),
+		})
+		if err != nil {
+			t.Fatalf("sqlite.Open: %v", err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}, backendtest.LockTimeout(conformanceLock), backendtest.MaxDequeueCount(conformanceLimit))
 }
 
 func TestFleetConformance(t *testing.T) {
@@ -124,8 +144,8 @@ func TestWakesOnEnqueue(t *testing.T) {
 	if _, err := b.GetOrchestrationWorkItem(short); !errors.Is(err, dtbackend.ErrNoWorkItems) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("empty hub: %v, want ErrNoWorkItems wrapping the deadline", err)
 	}
-	if waited := time.Since(start); waited < 90*time.Millisecond {
-		t.Errorf("returned after %s, before its context ended", waited)
+	if short.Err() == nil {
+		t.Errorf("returned after %s, before its context ended", time.Since(start))
 	}
 
 	type result struct {
