@@ -3,8 +3,8 @@
 //
 // Every activity is idempotent: durable execution is at-least-once, so an
 // activity may run again after a crash. Side effects are recorded in the
-// fleet store keyed by (mission, kind), and a repeated run finds its record
-// and does nothing more.
+// fleet store keyed by (mission run, kind), and a repeated run finds its
+// record and does nothing more.
 package activities
 
 import (
@@ -38,7 +38,7 @@ const (
 	SummarizeFleet         = "SummarizeFleet"
 )
 
-// Effect kinds recorded in the fleet store, one per mission at most.
+// Effect kinds recorded in the fleet store, one per mission run at most.
 const (
 	EffectAccepted         = "accepted"
 	EffectReserved         = "reserved"
@@ -65,12 +65,28 @@ type MissionRef struct {
 	DroneID   string `json:"droneId,omitempty"`
 	PackageID string `json:"packageId,omitempty"`
 	Reason    string `json:"reason,omitempty"`
+	// Run tells apart missions that had the same id, one purged before the
+	// next started (see EffectKey); "" for missions from before runs.
+	Run string `json:"run,omitempty"`
+}
+
+// EffectKey is the key a mission run's effects are recorded under in the
+// fleet store (fleet.Effect.MissionID): the mission id and its run. An id
+// can be reused once its mission is purged; the new mission's run differs,
+// so it starts with no effects instead of inheriting the old one's (its
+// reservation above all). Missions without a run use their id alone.
+func EffectKey(missionID, run string) string {
+	if run == "" {
+		return missionID
+	}
+	return missionID + "@" + run
 }
 
 // ReserveInput asks for a drone: DroneID if set, else any available one.
 type ReserveInput struct {
 	MissionID string `json:"missionId"`
 	DroneID   string `json:"droneId,omitempty"`
+	Run       string `json:"run,omitempty"`
 }
 
 // ReserveResult is the reserved drone.
@@ -85,6 +101,7 @@ type DispatchInput struct {
 	DroneID   string       `json:"droneId"`
 	Route     domain.Route `json:"route"`
 	Deadline  time.Time    `json:"deadline"`
+	Run       string       `json:"run,omitempty"`
 }
 
 // Options configures the activities. The zero value of each field means
@@ -164,20 +181,20 @@ func typed[In, Out any](fn func(context.Context, In) (Out, error)) task.Activity
 	}
 }
 
-func (a *Activities) effect(ctx context.Context, missionID, kind, detail string) error {
-	recorded, err := a.store.RecordEffect(ctx, fleet.Effect{MissionID: missionID, Kind: kind, Detail: detail})
+func (a *Activities) effect(ctx context.Context, m MissionRef, kind, detail string) error {
+	recorded, err := a.store.RecordEffect(ctx, fleet.Effect{MissionID: EffectKey(m.MissionID, m.Run), Kind: kind, Detail: detail})
 	if err != nil {
 		return err
 	}
 	if recorded {
-		a.log.Info("mission effect", "mission", missionID, "effect", kind, "detail", detail)
+		a.log.Info("mission effect", "mission", m.MissionID, "run", m.Run, "effect", kind, "detail", detail)
 	}
 	return nil
 }
 
 // AcceptMission records that the mission and its package were accepted.
 func (a *Activities) AcceptMission(ctx context.Context, m MissionRef) (struct{}, error) {
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectAccepted, "package "+m.PackageID)
+	return struct{}{}, a.effect(ctx, m, EffectAccepted, "package "+m.PackageID)
 }
 
 // ReserveDrone reserves the requested drone, or the first available one in
@@ -186,23 +203,24 @@ func (a *Activities) ReserveDrone(ctx context.Context, in ReserveInput) (Reserve
 	// A redelivered reservation (its worker died, say) must return the drone
 	// the first run reserved, even if the mission has freed it since: never
 	// a second one, which nobody would release.
-	if res, ok, err := a.reservedBefore(ctx, in.MissionID); err != nil || ok {
+	key := EffectKey(in.MissionID, in.Run)
+	if res, ok, err := a.reservedBefore(ctx, key); err != nil || ok {
 		return res, err
 	}
 	res, err := a.reserveNew(ctx, in)
 	if err != nil {
 		return res, err
 	}
-	recorded, err := a.store.RecordEffect(ctx, fleet.Effect{MissionID: in.MissionID, Kind: EffectReserved, Detail: res.DroneID})
+	recorded, err := a.store.RecordEffect(ctx, fleet.Effect{MissionID: key, Kind: EffectReserved, Detail: res.DroneID})
 	if err != nil || recorded {
 		if recorded {
-			a.log.Info("mission effect", "mission", in.MissionID, "effect", EffectReserved, "detail", res.DroneID)
+			a.log.Info("mission effect", "mission", in.MissionID, "run", in.Run, "effect", EffectReserved, "detail", res.DroneID)
 		}
 		return res, err
 	}
 	// A concurrent run recorded its reservation first: keep that one and
 	// free the drone this run took.
-	first, ok, err := a.reservedBefore(ctx, in.MissionID)
+	first, ok, err := a.reservedBefore(ctx, key)
 	if err != nil || !ok || first.DroneID == res.DroneID {
 		return res, err
 	}
@@ -212,9 +230,10 @@ func (a *Activities) ReserveDrone(ctx context.Context, in ReserveInput) (Reserve
 	return first, nil
 }
 
-// reservedBefore returns the drone recorded by an earlier reservation.
-func (a *Activities) reservedBefore(ctx context.Context, missionID string) (ReserveResult, bool, error) {
-	effects, err := a.store.Effects(ctx, missionID)
+// reservedBefore returns the drone recorded by an earlier reservation of the
+// mission run whose effects are under key.
+func (a *Activities) reservedBefore(ctx context.Context, key string) (ReserveResult, bool, error) {
+	effects, err := a.store.Effects(ctx, key)
 	if err != nil {
 		return ReserveResult{}, false, err
 	}
@@ -243,10 +262,18 @@ func (a *Activities) reserveNew(ctx context.Context, in ReserveInput) (ReserveRe
 	if err != nil {
 		return ReserveResult{}, err
 	}
-	// A run that reserved a drone but died before recording it holds it.
+	// A run that reserved a drone but died before recording it holds it. So
+	// may an earlier mission with this id, terminated and purged before the
+	// watchdog freed its drone: its drone is kept only if it can still fly.
 	for _, d := range drones {
-		if d.MissionID == in.MissionID {
+		if d.MissionID != in.MissionID {
+			continue
+		}
+		if a.fit(d) {
 			return ReserveResult{DroneID: d.ID, Home: d.Home}, nil
+		}
+		if err := a.free(ctx, MissionRef{MissionID: in.MissionID, DroneID: d.ID}); err != nil {
+			return ReserveResult{}, err
 		}
 	}
 	for _, d := range drones {
@@ -266,9 +293,12 @@ func (a *Activities) reserveNew(ctx context.Context, in ReserveInput) (ReserveRe
 }
 
 func (a *Activities) available(d fleet.Drone) bool {
-	if d.MissionID != "" {
-		return false
-	}
+	return d.MissionID == "" && a.fit(d)
+}
+
+// fit reports whether the drone can fly a mission: no fault, enough charge,
+// not offline (as far as its telemetry tells).
+func (a *Activities) fit(d fleet.Drone) bool {
 	if s := d.Tracked.State; s != nil {
 		if s.Health.Fault() != "" || s.Battery < a.opts.BatteryFloor || s.FlightMode == domain.ModeOffline {
 			return false
@@ -308,12 +338,12 @@ func (a *Activities) DispatchDrone(ctx context.Context, in DispatchInput) (struc
 	if err != nil {
 		return struct{}{}, err
 	}
-	return struct{}{}, a.effect(ctx, in.MissionID, EffectDispatched, in.DroneID)
+	return struct{}{}, a.effect(ctx, MissionRef{MissionID: in.MissionID, Run: in.Run}, EffectDispatched, in.DroneID)
 }
 
 // ConfirmPickup records that the package is on board.
 func (a *Activities) ConfirmPickup(ctx context.Context, m MissionRef) (struct{}, error) {
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectPickedUp, "package "+m.PackageID)
+	return struct{}{}, a.effect(ctx, m, EffectPickedUp, "package "+m.PackageID)
 }
 
 // ConfirmDelivery records that the package reached its drop-off; the
@@ -328,7 +358,7 @@ func (a *Activities) ConfirmDelivery(ctx context.Context, m MissionRef) (struct{
 	if err != nil && !errors.Is(err, fleet.ErrDroneNotFound) {
 		return struct{}{}, err
 	}
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectDelivered, "package "+m.PackageID)
+	return struct{}{}, a.effect(ctx, m, EffectDelivered, "package "+m.PackageID)
 }
 
 // CompleteMission frees the drone once it is home.
@@ -336,7 +366,7 @@ func (a *Activities) CompleteMission(ctx context.Context, m MissionRef) (struct{
 	if err := a.free(ctx, m); err != nil {
 		return struct{}{}, err
 	}
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectCompleted, m.DroneID)
+	return struct{}{}, a.effect(ctx, m, EffectCompleted, m.DroneID)
 }
 
 // RecallDrone orders the drone back to base and stops forwarding its
@@ -351,7 +381,7 @@ func (a *Activities) RecallDrone(ctx context.Context, m MissionRef) (struct{}, e
 	if err != nil && !errors.Is(err, fleet.ErrDroneNotFound) {
 		return struct{}{}, err
 	}
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectRecalled, "drone "+m.DroneID+" ordered back to base")
+	return struct{}{}, a.effect(ctx, m, EffectRecalled, "drone "+m.DroneID+" ordered back to base")
 }
 
 // ReleaseDrone frees the reservation. Compensation for ReserveDrone.
@@ -359,7 +389,7 @@ func (a *Activities) ReleaseDrone(ctx context.Context, m MissionRef) (struct{}, 
 	if err := a.free(ctx, m); err != nil {
 		return struct{}{}, err
 	}
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectReleased, m.DroneID)
+	return struct{}{}, a.effect(ctx, m, EffectReleased, m.DroneID)
 }
 
 func (a *Activities) free(ctx context.Context, m MissionRef) error {
@@ -379,13 +409,13 @@ func (a *Activities) free(ctx context.Context, m MissionRef) error {
 // ReschedulePackage puts a picked-up package back in the dispatch queue.
 // Compensation for ConfirmPickup.
 func (a *Activities) ReschedulePackage(ctx context.Context, m MissionRef) (struct{}, error) {
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectRescheduled, "package "+m.PackageID)
+	return struct{}{}, a.effect(ctx, m, EffectRescheduled, "package "+m.PackageID)
 }
 
 // NotifyCustomer tells the customer the delivery will not arrive as
 // planned. Compensation for AcceptMission.
 func (a *Activities) NotifyCustomer(ctx context.Context, m MissionRef) (struct{}, error) {
-	return struct{}{}, a.effect(ctx, m.MissionID, EffectCustomerNotified, m.Reason)
+	return struct{}{}, a.effect(ctx, m, EffectCustomerNotified, m.Reason)
 }
 
 // AggregateInput is the input of the AggregateMissionStatus activity.

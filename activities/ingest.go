@@ -111,10 +111,21 @@ func (in *Ingestor) Ingest(ctx context.Context, frames []domain.DecodedFrame) (I
 	res := IngestResult{Frames: make([]FrameVerdict, len(frames))}
 	byDrone := map[string][]int{}
 	var order []string
+	now := in.opts.Now()
 	for i, df := range frames {
 		fv := FrameVerdict{Index: i, DeviceID: df.Frame.DeviceID, Seq: df.Frame.Seq}
-		if df.Err != nil {
-			fv.Verdict, fv.Reason = domain.VerdictRejected, df.Err.Error()
+		err := df.Err
+		if err == nil {
+			// Frames from Go callers have not been through DecodeFrame.
+			err = df.Frame.Validate()
+		}
+		if err == nil {
+			// A timestamp far ahead would hold the drone's real frames
+			// back until the clock caught up (see domain.Tracked.Apply).
+			err = df.Frame.CheckTime(now)
+		}
+		if err != nil {
+			fv.Verdict, fv.Reason = domain.VerdictRejected, err.Error()
 			res.Frames[i] = fv
 			continue
 		}

@@ -53,6 +53,6 @@ func ExampleTracked_Apply() {
 	// seq 2012: accepted
 	// seq 2011: stale (seq 2011 is older than the stored state (seq 2012); not applied)
 	// seq 2011: duplicate (seq 2011 was already received)
-	// seq 900: stale (seq 900 is 1024 or more behind the newest seq 2012)
+	// seq 900: stale (seq 900 is 1024 or more behind the newest seq 2012 and its timestamp is not newer than the stored state's)
 	// state: seq 2012, battery 0.85, inflight
 }

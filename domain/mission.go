@@ -1,6 +1,8 @@
 package domain
 
 import (
+	"errors"
+	"fmt"
 	"math"
 	"time"
 )
@@ -192,6 +194,35 @@ type Signal struct {
 	// order) still learns every milestone from the newest one.
 	Phase  Phase  `json:"phase,omitempty"`
 	Reason string `json:"reason,omitempty"`
+}
+
+// CheckTelemetry reports why s cannot be a telemetry signal about drone
+// droneID: a mission acts only on signals that name its own drone and whose
+// values are within the bounds ingestion enforces on frames.
+func (s Signal) CheckTelemetry(droneID string) error {
+	st := s.State
+	switch {
+	case s.Kind != SignalTelemetry:
+		return fmt.Errorf("signal kind %q is not %q", s.Kind, SignalTelemetry)
+	case st == nil:
+		return errors.New("telemetry signal without a state")
+	case droneID == "" || st.DeviceID != droneID:
+		return fmt.Errorf("telemetry signal about drone %q, not %q", st.DeviceID, droneID)
+	case st.Seq < 0 || st.Seq > MaxSeq || st.Epoch < 0:
+		return fmt.Errorf("telemetry signal with epoch %d, seq %d out of bounds", st.Epoch, st.Seq)
+	case st.Timestamp.Before(MinFrameTime):
+		return fmt.Errorf("telemetry signal with timestamp %s before %s", st.Timestamp.Format(time.RFC3339), MinFrameTime.Format(time.RFC3339))
+	case st.Battery < 0 || st.Battery > 1 || math.IsNaN(st.Battery):
+		return fmt.Errorf("telemetry signal with battery %g", st.Battery)
+	case !st.FlightMode.valid():
+		return fmt.Errorf("telemetry signal with flight mode %q", st.FlightMode)
+	case st.Position.Lat < -90 || st.Position.Lat > 90 || st.Position.Lon < -180 || st.Position.Lon > 180:
+		return fmt.Errorf("telemetry signal with position %g,%g", st.Position.Lat, st.Position.Lon)
+	}
+	if _, ok := phaseOrder[s.Phase]; s.Phase != "" && !ok {
+		return fmt.Errorf("telemetry signal with route phase %q", s.Phase)
+	}
+	return nil
 }
 
 // PhaseChange is one entry in a mission's timeline.

@@ -32,7 +32,13 @@ func (h HealthState) Fault() string {
 // DroneState is the merged result of a drone's key frame and the deltas that
 // followed it.
 type DroneState struct {
-	DeviceID   string      `json:"deviceId"`
+	DeviceID string `json:"deviceId"`
+	// Boot is the boot count the drone reported (Frame.Boot).
+	Boot int64 `json:"boot,omitempty"`
+	// Epoch counts the sequence windows ingestion started for the drone
+	// after its first: one per reboot, counter wrap or jump (see
+	// Tracked.Apply). States compare by (Epoch, Seq).
+	Epoch      int64       `json:"epoch,omitempty"`
 	Seq        int64       `json:"seq"`
 	Timestamp  time.Time   `json:"timestamp"`
 	Battery    float64     `json:"battery"`
@@ -59,8 +65,13 @@ const (
 )
 
 // SeqWindowSize is how many sequence numbers behind the newest one a drone's
-// dedupe window remembers. Frames further back are reported stale.
+// dedupe window remembers. Frames further back are stale unless they start
+// a new epoch (see Tracked.Apply).
 const SeqWindowSize = 1024
+
+// MaxSeq is the largest sequence number a frame may carry: 2^53-1, the
+// largest integer every JSON client (JavaScript included) represents exactly.
+const MaxSeq = 1<<53 - 1
 
 // SeqWindow remembers which recent sequence numbers were seen, in a fixed 128
 // bytes per drone, so dedupe state never grows.
@@ -81,6 +92,11 @@ func (w *SeqWindow) seen(seq int64) bool {
 	return w.Bits[i/64]&(1<<(i%64)) != 0
 }
 
+// empty reports whether no sequence number was ever marked.
+func (w *SeqWindow) empty() bool {
+	return w.Bits == [SeqWindowSize / 64]uint64{}
+}
+
 func (w *SeqWindow) mark(seq int64) {
 	if seq > w.Last {
 		w.shift(seq - w.Last)
@@ -90,6 +106,12 @@ func (w *SeqWindow) mark(seq int64) {
 	if i < SeqWindowSize {
 		w.Bits[i/64] |= 1 << (i % 64)
 	}
+}
+
+// restart forgets every sequence number and starts the window at seq.
+func (w *SeqWindow) restart(seq int64) {
+	*w = SeqWindow{Last: seq}
+	w.Bits[0] = 1
 }
 
 // shift moves every bit n places towards older sequence numbers.
@@ -118,26 +140,78 @@ type Tracked struct {
 }
 
 // Apply ingests one validated frame. It is a pure function of (t, f), so
-// applying the same frames again, in any order, gives the same state: that is
-// what makes ingestion idempotent under redelivery.
+// applying the same frames again gives the same state: that is what makes
+// ingestion idempotent under redelivery.
+//
+// Within one boot of the drone (Frame.Boot) and one window of sequence
+// numbers, frames are ordered by seq: a frame already seen is a duplicate,
+// one older than the newest is stale, and one newer is applied. Sequence
+// numbers are not trusted to grow forever, though: drones reboot, counters
+// wrap, and frames can be forged or corrupt. A discontinuity, that is a
+// boot other than the stored state's or a seq more than SeqWindowSize away
+// from the newest, is settled by the frame's timestamp against the stored
+// state's:
+//   - a higher boot, or a seq more than SeqWindowSize ahead, starts a new
+//     epoch unless its timestamp is older;
+//   - a lower boot, or a seq SeqWindowSize or more behind, starts a new
+//     epoch only if its timestamp is newer (a reboot without a boot count,
+//     a wrapped counter, or the real counter after a forged jump).
+//
+// A new epoch restarts the window at the frame's seq and applies the frame;
+// any other discontinuity is stale. A forged frame can therefore hold a
+// drone's real frames back only until their timestamps pass the forged
+// one, and Frame.CheckTime bounds how far ahead that can be.
 func (t *Tracked) Apply(f Frame) (Verdict, string) {
-	seq := *f.Seq
+	seq, last := *f.Seq, t.Window.Last
+	if t.Window.empty() || t.State == nil {
+		return t.apply(f, false)
+	}
+	ts, stored, boot := f.Timestamp.UTC(), t.State.Timestamp, t.State.Boot
 	switch {
+	case f.Boot > boot || seq > last+SeqWindowSize:
+		if ts.Before(stored) {
+			return VerdictStale, fmt.Sprintf("boot %d, seq %d is ahead of the newest frame (boot %d, seq %d) by more than the window but its timestamp is older than the stored state's; not applied",
+				f.Boot, seq, boot, last)
+		}
+		return t.apply(f, true)
+	case f.Boot < boot || seq <= last-SeqWindowSize:
+		if !ts.After(stored) {
+			if f.Boot < boot {
+				return VerdictStale, fmt.Sprintf("boot %d is older than the drone's boot %d and its timestamp is not newer than the stored state's", f.Boot, boot)
+			}
+			return VerdictStale, fmt.Sprintf("seq %d is %d or more behind the newest seq %d and its timestamp is not newer than the stored state's", seq, SeqWindowSize, last)
+		}
+		return t.apply(f, true)
 	case t.Window.seen(seq):
 		return VerdictDuplicate, fmt.Sprintf("seq %d was already received", seq)
-	case seq <= t.Window.Last-SeqWindowSize:
-		return VerdictStale, fmt.Sprintf("seq %d is %d or more behind the newest seq %d", seq, SeqWindowSize, t.Window.Last)
-	case seq < t.Window.Last:
+	case seq < last:
 		t.Window.mark(seq)
-		return VerdictStale, fmt.Sprintf("seq %d is older than the stored state (seq %d); not applied", seq, t.Window.Last)
+		return VerdictStale, fmt.Sprintf("seq %d is older than the stored state (seq %d); not applied", seq, last)
 	}
+	return t.apply(f, false)
+}
+
+// apply records f as the newest frame, in a new epoch when restart is set.
+func (t *Tracked) apply(f Frame, restart bool) (Verdict, string) {
+	seq := *f.Seq
 	if !f.IsKeyFrame && t.State == nil {
 		return VerdictRejected, "a delta frame needs an earlier key frame to merge into; send a key frame first"
 	}
-	t.Window.mark(seq)
+	var epoch int64
+	if t.State != nil {
+		epoch = t.State.Epoch
+	}
+	if restart {
+		t.Window.restart(seq)
+		epoch++
+	} else {
+		t.Window.mark(seq)
+	}
 	if f.IsKeyFrame {
 		t.State = &DroneState{
 			DeviceID:   f.DeviceID,
+			Boot:       f.Boot,
+			Epoch:      epoch,
 			Seq:        seq,
 			Timestamp:  f.Timestamp.UTC(),
 			Battery:    *f.Battery,
@@ -152,6 +226,7 @@ func (t *Tracked) Apply(f Frame) (Verdict, string) {
 		return VerdictAccepted, ""
 	}
 	s := t.State
+	s.Boot, s.Epoch = f.Boot, epoch
 	s.Seq = seq
 	s.Timestamp = f.Timestamp.UTC()
 	if f.Battery != nil {
@@ -175,6 +250,11 @@ func (t *Tracked) Apply(f Frame) (Verdict, string) {
 		}
 	}
 	return VerdictAccepted, ""
+}
+
+// Newer reports whether s is a later report of the drone than (epoch, seq).
+func (s DroneState) Newer(epoch, seq int64) bool {
+	return s.Epoch > epoch || (s.Epoch == epoch && s.Seq > seq)
 }
 
 const earthRadiusM = 6371000.0

@@ -60,7 +60,11 @@ type Health struct {
 // carry only what changed since the previous frame, so every optional field
 // is a pointer that is nil when absent.
 type Frame struct {
-	DeviceID   string      `json:"deviceId"`
+	DeviceID string `json:"deviceId"`
+	// Boot is the drone's boot count: a drone whose sequence numbers start
+	// over when it restarts sends a higher boot after each restart. Optional,
+	// 0 by default.
+	Boot       int64       `json:"boot,omitempty"`
 	Seq        *int64      `json:"seq"`
 	Timestamp  *time.Time  `json:"timestamp"`
 	Battery    *float64    `json:"battery,omitempty"`
@@ -144,11 +148,16 @@ func (f *Frame) Validate() error {
 	}
 	if f.Seq == nil {
 		v.add("seq", "is required: the drone's monotonically increasing frame number")
-	} else if *f.Seq < 0 {
-		v.add("seq", "must not be negative, got %d", *f.Seq)
+	} else if *f.Seq < 0 || *f.Seq > MaxSeq {
+		v.add("seq", "must be between 0 and %d, got %d", int64(MaxSeq), *f.Seq)
+	}
+	if f.Boot < 0 || f.Boot > MaxSeq {
+		v.add("boot", "must be between 0 and %d, got %d", int64(MaxSeq), f.Boot)
 	}
 	if f.Timestamp == nil {
 		v.add("timestamp", "is required (RFC 3339)")
+	} else if f.Timestamp.Before(MinFrameTime) {
+		v.add("timestamp", "%s is before %s; check the drone's clock", f.Timestamp.UTC().Format(time.RFC3339Nano), MinFrameTime.Format(time.RFC3339))
 	}
 	if f.Battery != nil && (*f.Battery < 0 || *f.Battery > 1) {
 		v.add("battery", "must be between 0 and 1, got %g", *f.Battery)
@@ -183,6 +192,28 @@ func (f *Frame) Validate() error {
 		}
 	}
 	return v.orNil()
+}
+
+// MinFrameTime is the earliest timestamp a frame may carry: a drone whose
+// clock reads earlier has not set it.
+var MinFrameTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// MaxClockSkew is how far ahead of the receiving worker's clock a frame's
+// timestamp may be. A frame from further in the future would hold back the
+// drone's real frames (see Tracked.Apply) until the clock caught up.
+const MaxClockSkew = 5 * time.Minute
+
+// CheckTime reports a timestamp more than MaxClockSkew after now, the
+// receiver's clock. Validate checks everything that does not depend on the
+// clock.
+func (f *Frame) CheckTime(now time.Time) error {
+	if f.Timestamp == nil || !f.Timestamp.After(now.Add(MaxClockSkew)) {
+		return nil
+	}
+	v := &ValidationError{}
+	v.add("timestamp", "%s is more than %s ahead of the receiver's clock (%s); check the drone's clock",
+		f.Timestamp.UTC().Format(time.RFC3339Nano), MaxClockSkew, now.UTC().Format(time.RFC3339))
+	return v
 }
 
 // describeJSONError turns encoding/json's errors into messages that name the

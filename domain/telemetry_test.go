@@ -266,7 +266,7 @@ func FuzzDecodeBatch(f *testing.F) {
 				continue
 			}
 			fr := df.Frame
-			if fr.Seq == nil || *fr.Seq < 0 || fr.Timestamp == nil || !ValidID(fr.DeviceID) {
+			if fr.Seq == nil || *fr.Seq < 0 || *fr.Seq > MaxSeq || fr.Boot < 0 || fr.Timestamp == nil || fr.Timestamp.Before(MinFrameTime) || !ValidID(fr.DeviceID) {
 				t.Fatalf("frame %d accepted without its required fields: %+v", i, fr)
 			}
 			if fr.Battery != nil && (*fr.Battery < 0 || *fr.Battery > 1) {
@@ -284,4 +284,87 @@ func FuzzDecodeBatch(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestApplyEpochs: reboots, a wrapped counter and forged jumps are settled
+// by timestamps, so no frame locks a drone out (issue #7.5).
+func TestApplyEpochs(t *testing.T) {
+	t0 := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	at := func(boot, seq int64, s float64, key bool) Frame {
+		f := keyFrame(seq, 0.9, ModeInflight, 47.64)
+		if !key {
+			f = delta(seq)
+			f.Battery = ptr(0.5)
+		}
+		ts := t0.Add(time.Duration(s * float64(time.Second)))
+		f.Timestamp, f.Boot = &ts, boot
+		return f
+	}
+	var tr Tracked
+	steps := []struct {
+		what             string
+		frame            Frame
+		want             Verdict
+		boot, epoch, seq int64
+	}{
+		{"first", at(0, 10, 0, true), VerdictAccepted, 0, 0, 10},
+		{"jump 10 -> 2000", at(0, 2000, 1, true), VerdictAccepted, 0, 1, 2000},
+		{"seq 11 after the jump, newer", at(0, 11, 2, false), VerdictAccepted, 0, 2, 11},
+		{"seq 12", at(0, 12, 3, false), VerdictAccepted, 0, 2, 12},
+		{"jump with an older timestamp", at(0, 5000, 2.5, true), VerdictStale, 0, 2, 12},
+		{"far ahead, same timestamp", at(0, MaxSeq, 3, true), VerdictAccepted, 0, 3, MaxSeq},
+		{"far behind, same timestamp", at(0, 100, 3, true), VerdictStale, 0, 3, MaxSeq},
+		{"reboot: boot 1", at(1, 1, 4, true), VerdictAccepted, 1, 4, 1},
+		{"boot 0 again, older", at(0, 13, 3.5, true), VerdictStale, 1, 4, 1},
+		{"higher boot, older timestamp", at(2, 1, 3.9, true), VerdictStale, 1, 4, 1},
+		{"near the end of the counter", at(1, MaxSeq, 5, true), VerdictAccepted, 1, 5, MaxSeq},
+		{"wrapped to 0", at(1, 0, 6, true), VerdictAccepted, 1, 6, 0},
+		{"duplicate after the wrap", at(1, 0, 6, true), VerdictDuplicate, 1, 6, 0},
+		{"lower boot, newer (counter reset)", at(0, 1, 7, false), VerdictAccepted, 0, 7, 1},
+	}
+	for _, s := range steps {
+		before := tr
+		got, reason := tr.Apply(s.frame)
+		if got != s.want {
+			t.Fatalf("%s: verdict %s (%s), want %s", s.what, got, reason, s.want)
+		}
+		if st := tr.State; st.Boot != s.boot || st.Epoch != s.epoch || st.Seq != s.seq {
+			t.Fatalf("%s: state boot %d, epoch %d, seq %d; want %d, %d, %d", s.what, st.Boot, st.Epoch, st.Seq, s.boot, s.epoch, s.seq)
+		}
+		if got != VerdictAccepted && got != VerdictStale && tr.Window != before.Window {
+			t.Fatalf("%s: a %s frame moved the window", s.what, got)
+		}
+	}
+	if tr.State.Battery != 0.5 {
+		t.Fatalf("the delta that started an epoch did not merge: battery %g", tr.State.Battery)
+	}
+}
+
+func TestFrameBounds(t *testing.T) {
+	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		f    func(*Frame)
+		want string
+	}{
+		{func(f *Frame) { f.Seq = ptr(int64(MaxSeq + 1)) }, "seq"},
+		{func(f *Frame) { f.Boot = -1 }, "boot"},
+		{func(f *Frame) { ts := time.Date(1999, 12, 31, 0, 0, 0, 0, time.UTC); f.Timestamp = &ts }, "before 2000"},
+	} {
+		f := keyFrame(1, 0.9, ModeReady, 47.64)
+		tc.f(&f)
+		if err := f.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate: %v, want an error mentioning %q", err, tc.want)
+		}
+	}
+	f := keyFrame(1, 0.9, ModeReady, 47.64)
+	ahead := now.Add(MaxClockSkew + time.Second)
+	f.Timestamp = &ahead
+	if err := f.CheckTime(now); err == nil || !strings.Contains(err.Error(), "ahead") {
+		t.Errorf("CheckTime of a frame %s ahead: %v", MaxClockSkew+time.Second, err)
+	}
+	ok := now.Add(MaxClockSkew)
+	f.Timestamp = &ok
+	if err := f.CheckTime(now); err != nil {
+		t.Errorf("CheckTime of a frame %s ahead: %v", MaxClockSkew, err)
+	}
 }

@@ -1,7 +1,7 @@
 package httpapi_test
 
 import (
-	"encoding/json"
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -120,18 +120,11 @@ func TestGenericInstances(t *testing.T) {
 	})
 
 	t.Run("unregistered orchestrator", func(t *testing.T) {
-		e.do("POST", "/api/orchestrations/NoSuchOrchestrator?instanceId=nosuch-1", raw(`1`)).wantJSON(t, http.StatusAccepted, nil)
-		s := e.awaitStatus("/api/instances", "nosuch-1", "Failed")
-		var fd struct {
-			ErrorType    string `json:"errorType"`
-			ErrorMessage string `json:"errorMessage"`
+		p := e.do("POST", "/api/orchestrations/NoSuchOrchestrator?instanceId=nosuch-1", raw(`1`)).wantProblem(t, http.StatusNotFound)
+		if !strings.Contains(p.Detail, "NoSuchOrchestrator") {
+			t.Errorf("404 detail %q does not name the orchestrator", p.Detail)
 		}
-		if err := json.Unmarshal(s.FailureDetails, &fd); err != nil || !strings.Contains(fd.ErrorMessage, "NoSuchOrchestrator") {
-			t.Errorf("failureDetails %s: want a message naming the orchestrator (%v)", s.FailureDetails, err)
-		}
-		if string(s.Input) != "1" || s.Name != "NoSuchOrchestrator" {
-			t.Errorf("failed instance: name %q, input %s", s.Name, s.Input)
-		}
+		e.do("GET", "/api/instances/nosuch-1", nil).wantProblem(t, http.StatusNotFound)
 	})
 
 	t.Run("startAt", func(t *testing.T) {
@@ -181,5 +174,91 @@ func TestGenericStartRefusesMissions(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "POST /api/missions") {
 		t.Fatalf("HTTP %d %s: want 400 pointing to POST /api/missions", resp.StatusCode, body)
+	}
+}
+
+// registerApproval adds Echo and Approval, a user orchestrator that waits
+// for its "approve" event (declared public) and returns the payload.
+func registerApproval(r *task.TaskRegistry) error {
+	if err := registerEcho(r); err != nil {
+		return err
+	}
+	return r.AddOrchestratorN("Approval", func(ctx *task.OrchestrationContext) (any, error) {
+		var s string
+		if err := ctx.WaitForSingleEvent("approve", -1).Await(&s); err != nil {
+			return nil, err
+		}
+		return s, nil
+	})
+}
+
+// testPublicEvents: issue #7.1, generalised. An orchestrator's instances
+// take the events it declares public over HTTP, and only those.
+func testPublicEvents(t *testing.T, e *env) {
+	e.do("POST", "/api/orchestrations/Approval?instanceId=appr-1", nil).wantJSON(t, http.StatusAccepted, nil)
+	e.awaitStatus("/api/instances", "appr-1", "Running")
+	before := e.stored("/api/instances", "appr-1")
+	p := e.do("POST", "/api/instances/appr-1/events/reject", raw(`"no"`)).wantProblem(t, http.StatusForbidden)
+	if !strings.Contains(p.Detail, `"reject"`) || !strings.Contains(p.Detail, "public events: approve") {
+		t.Errorf("403 detail %q: want the event and the public ones", p.Detail)
+	}
+	e.do("POST", "/api/instances/appr-1/events/ap%01prove", raw(`"no"`)).wantProblem(t, http.StatusBadRequest)
+	if after := e.stored("/api/instances", "appr-1"); after != before {
+		t.Fatalf("refused events changed the instance:\n before %s\n after  %s", before, after)
+	}
+	e.do("POST", "/api/instances/appr-1/events/approve", raw(`"yes"`)).wantEmpty(t, http.StatusAccepted)
+	if s := e.awaitStatus("/api/instances", "appr-1", "Completed"); string(s.Output) != `"yes"` {
+		t.Errorf("output %s, want the approve payload", s.Output)
+	}
+}
+
+// testOrchestratorNamesChecked: issue #7.7. A start names an orchestrator
+// this worker registered, in a bounded printable name; anything else is
+// refused and creates nothing.
+func testOrchestratorNamesChecked(t *testing.T, e *env) {
+	list := func() []string {
+		var l listBody
+		e.do("GET", "/api/instances?top=1000", nil).wantJSON(t, http.StatusOK, &l)
+		return l.ids()
+	}
+	before := list()
+	for name, code := range map[string]int{
+		strings.Repeat("N", 20000): http.StatusBadRequest,
+		"Echo%01":                  http.StatusBadRequest,
+		"Echo%0A":                  http.StatusBadRequest,
+		"%FF":                      http.StatusBadRequest,
+		"NoSuchOrchestrator":       http.StatusNotFound,
+		"echo":                     http.StatusNotFound,
+	} {
+		p := e.do("POST", "/api/orchestrations/"+name+"?instanceId=named-1", raw(`"x"`)).wantProblem(t, code)
+		if len(p.Detail) > 400 {
+			t.Errorf("%.20s: detail of %d bytes", name, len(p.Detail))
+		}
+	}
+	e.do("GET", "/api/instances/named-1", nil).wantProblem(t, http.StatusNotFound)
+	if after := list(); !slices.Equal(after, before) {
+		t.Errorf("refused starts created instances: %v, were %v", after, before)
+	}
+}
+
+// TestPublicEventsConfig: public events are declared for registered
+// orchestrators only, and never for DeliveryMission.
+func TestPublicEventsConfig(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		public map[string][]string
+		want   string
+	}{
+		{map[string][]string{"Nope": {"x"}}, `"Nope", which is not registered`},
+		{map[string][]string{"DeliveryMission": {"signal"}}, "DeliveryMission has no public events"},
+		{map[string][]string{"Approval": {"bad\nname"}}, "control character"},
+		{map[string][]string{"Approval": {strings.Repeat("e", 101)}}, "at most 100"},
+	} {
+		cfg := testkit.Config(t)
+		cfg.Register, cfg.PublicEvents = registerApproval, tc.public
+		_, err := worker.New(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("PublicEvents %v: error %v, want one mentioning %q", tc.public, err, tc.want)
+		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path"
+	"strings"
 
 	"github.com/dronehub/dronehub/taskhub"
 )
@@ -12,9 +14,13 @@ func (h *handler) notSupported(w http.ResponseWriter, what string) {
 	problem(w, http.StatusNotImplemented, fmt.Sprintf("the %s task hub has no %s", h.kind(), what))
 }
 
+// kind names the backend without its location: a backend's String may
+// carry a file path ("sqlite:/srv/dronehub/hub.db") or an account.
 func (h *handler) kind() string {
 	if i, ok := h.opts.Backend.(interface{ String() string }); ok {
-		return i.String()
+		if k, _, ok := strings.Cut(i.String(), ":"); ok && k != "" && !strings.ContainsAny(k, " /\\") {
+			return k
+		}
 	}
 	return "current"
 }
@@ -29,6 +35,11 @@ func (h *handler) hubInfo(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.storageError(w, r, "inspect hub", err)
 		return
+	}
+	// A SQLite hub is named by its file: show the file name, not where it
+	// lives on the worker's disk.
+	if strings.ContainsAny(info.Name, "/\\") {
+		info.Name = path.Base(strings.ReplaceAll(info.Name, "\\", "/"))
 	}
 	writeJSON(w, http.StatusOK, info)
 }

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/microsoft/durabletask-go/api"
@@ -32,6 +35,58 @@ func (sc scope) noun() string {
 		return "mission"
 	}
 	return "instance"
+}
+
+// Orchestrator is what the API knows of a registered orchestrator.
+type Orchestrator struct {
+	// PublicEvents are the event names clients may raise on its instances
+	// with POST /api/instances/{id}/events/{event}. Any other name is
+	// refused with 403. Events an orchestration trusts, such as
+	// DeliveryMission's "signal" that carries telemetry, must not be
+	// public: raise those from Go with the task hub client.
+	PublicEvents []string
+}
+
+// Bounds of the strings the API stores.
+const (
+	// MaxNameLength bounds orchestrator names, in characters.
+	MaxNameLength = 256
+	// MaxEventNameLength bounds event names, in characters.
+	MaxEventNameLength = 100
+	// MaxReasonLength bounds the reason of a terminate, suspend, resume or
+	// cancel, in characters.
+	MaxReasonLength = 1000
+)
+
+// checkText reports why s is not 1 to max characters of printable UTF-8.
+func checkText(what, s string, max int) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%s is empty", what)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%s is not valid UTF-8", what)
+	case utf8.RuneCountInString(s) > max:
+		return fmt.Errorf("%s is %d characters long; at most %d are allowed", what, utf8.RuneCountInString(s), max)
+	case strings.IndexFunc(s, unicode.IsControl) >= 0:
+		return fmt.Errorf("%s contains a control character", what)
+	}
+	return nil
+}
+
+// CheckEventName reports why name cannot be an event name: 1 to
+// MaxEventNameLength printable characters, not all blank.
+func CheckEventName(name string) error {
+	if strings.TrimSpace(name) == "" {
+		return errors.New("event name is blank")
+	}
+	return checkText("event name", name, MaxEventNameLength)
+}
+
+// public reports whether clients may raise event on instances of the
+// orchestrator name.
+func (h *handler) public(name, event string) bool {
+	o, ok := h.opts.Orchestrators[name]
+	return ok && slices.Contains(o.PublicEvents, event)
 }
 
 // Accepted is the 202 body of a start request: where to find and manage the
@@ -127,6 +182,14 @@ func (h *handler) startGeneric(w http.ResponseWriter, r *http.Request) {
 	if name == orchestrations.DeliveryMissionName {
 		// Missions need their request validated and the worker's settings.
 		problem(w, http.StatusBadRequest, "start delivery missions with POST /api/missions")
+		return
+	}
+	if err := checkText("orchestrator name", name, MaxNameLength); err != nil {
+		problem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if _, ok := h.opts.Orchestrators[name]; !ok {
+		problem(w, http.StatusNotFound, fmt.Sprintf("no orchestrator named %q is registered on this worker; register it with worker.Config.Register", name))
 		return
 	}
 	body, ok := readBody(w, r, MaxEventBody, false)
@@ -382,13 +445,26 @@ func (h *handler) list(sc scope) http.HandlerFunc {
 	}
 }
 
-func reason(r *http.Request) string { return r.URL.Query().Get("reason") }
+// reason returns the request's reason parameter, answering 400 itself
+// when it is too long or not printable text: it is stored in the history
+// and, on a terminate, becomes the instance's output.
+func reason(w http.ResponseWriter, r *http.Request) (string, bool) {
+	rs := r.URL.Query().Get("reason")
+	if rs == "" {
+		return "", true
+	}
+	if err := checkText("reason", rs, MaxReasonLength); err != nil {
+		problem(w, http.StatusBadRequest, err.Error())
+		return "", false
+	}
+	return rs, true
+}
 
 func (h *handler) raise(sc scope) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		event := r.PathValue("event")
-		if strings.TrimSpace(event) == "" || len(event) > 100 {
-			problem(w, http.StatusBadRequest, "event name must be 1-100 characters")
+		if CheckEventName(event) != nil {
+			problem(w, http.StatusBadRequest, fmt.Sprintf("event name must be 1-%d printable characters", MaxEventNameLength))
 			return
 		}
 		body, ok := readBody(w, r, MaxEventBody, false)
@@ -407,6 +483,10 @@ func (h *handler) raise(sc scope) http.HandlerFunc {
 		if !ok {
 			return
 		}
+		if !h.public(md.Name, event) {
+			h.notPublic(w, md, event)
+			return
+		}
 		if err := h.opts.Client.RaiseEvent(r.Context(), md.InstanceID, event, opts...); err != nil {
 			h.storageError(w, r, "raise event", err)
 			return
@@ -415,14 +495,36 @@ func (h *handler) raise(sc scope) http.HandlerFunc {
 	}
 }
 
+// notPublic answers 403 for an event the instance's orchestrator does not
+// declare public.
+func (h *handler) notPublic(w http.ResponseWriter, md *api.OrchestrationMetadata, event string) {
+	var public []string
+	if o, ok := h.opts.Orchestrators[md.Name]; ok {
+		public = o.PublicEvents
+	}
+	list := "none"
+	if len(public) > 0 {
+		list = strings.Join(public, ", ")
+	}
+	detail := fmt.Sprintf("event %q is not public on %s instances, so it cannot be raised over HTTP (public events: %s)", event, md.Name, list)
+	if md.Name == orchestrations.DeliveryMissionName {
+		detail += "; stop a mission with POST /api/missions/{id}/cancel"
+	}
+	problem(w, http.StatusForbidden, detail)
+}
+
 func (h *handler) terminate(sc scope) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		rs, ok := reason(w, r)
+		if !ok {
+			return
+		}
 		md, ok := h.live(w, r, sc)
 		if !ok {
 			return
 		}
 		var opts []api.TerminateOptions
-		if rs := reason(r); rs != "" {
+		if rs != "" {
 			opts = append(opts, api.WithOutput(rs))
 		}
 		if err := h.opts.Client.TerminateOrchestration(r.Context(), md.InstanceID, opts...); err != nil {
@@ -435,11 +537,15 @@ func (h *handler) terminate(sc scope) http.HandlerFunc {
 
 func (h *handler) suspend(sc scope) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		rs, ok := reason(w, r)
+		if !ok {
+			return
+		}
 		md, ok := h.live(w, r, sc)
 		if !ok {
 			return
 		}
-		if err := h.opts.Client.SuspendOrchestration(r.Context(), md.InstanceID, reason(r)); err != nil {
+		if err := h.opts.Client.SuspendOrchestration(r.Context(), md.InstanceID, rs); err != nil {
 			h.storageError(w, r, "suspend", err)
 			return
 		}
@@ -449,11 +555,15 @@ func (h *handler) suspend(sc scope) http.HandlerFunc {
 
 func (h *handler) resume(sc scope) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		rs, ok := reason(w, r)
+		if !ok {
+			return
+		}
 		md, ok := h.live(w, r, sc)
 		if !ok {
 			return
 		}
-		if err := h.opts.Client.ResumeOrchestration(r.Context(), md.InstanceID, reason(r)); err != nil {
+		if err := h.opts.Client.ResumeOrchestration(r.Context(), md.InstanceID, rs); err != nil {
 			h.storageError(w, r, "resume", err)
 			return
 		}
@@ -465,11 +575,15 @@ func (h *handler) resume(sc scope) http.HandlerFunc {
 // which stops it where it stands.
 func (h *handler) cancelMission(sc scope) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		rs, ok := reason(w, r)
+		if !ok {
+			return
+		}
 		md, ok := h.live(w, r, sc)
 		if !ok {
 			return
 		}
-		payload, _ := json.Marshal(domain.Signal{Kind: domain.SignalCancel, Reason: reason(r)})
+		payload, _ := json.Marshal(domain.Signal{Kind: domain.SignalCancel, Reason: rs})
 		if err := h.opts.Client.RaiseEvent(r.Context(), md.InstanceID, domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
 			h.storageError(w, r, "cancel mission", err)
 			return

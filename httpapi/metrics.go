@@ -22,41 +22,34 @@ type metrics struct {
 	latencyCount    map[string]uint64
 	missionsStarted atomic.Uint64
 	frames          [4]atomic.Uint64 // accepted, duplicate, stale, rejected
+	rejected        [2]atomic.Uint64 // by rejectBusy, rejectStorage
+	limiter         *limiter         // for the in-flight gauges; may be nil
 }
+
+// Reasons a request is turned away before its route runs.
+const (
+	rejectBusy    = iota // no room under MaxInFlight / MaxBodyMemory in time
+	rejectStorage        // storage known to be down (breaker open)
+)
 
 func newMetrics() *metrics {
 	return &metrics{requests: map[[2]string]uint64{}, latencySum: map[string]float64{}, latencyCount: map[string]uint64{}}
 }
 
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.code == 0 {
-		s.code = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.code == 0 {
-		s.code = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
 func (m *metrics) instrument(route string, next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
+		rec, ok := w.(*reqWriter)
+		if !ok {
+			rec = &reqWriter{ResponseWriter: w}
+		}
 		next(rec, r)
-		if rec.code == 0 {
-			rec.code = http.StatusOK
+		code := rec.code
+		if code == 0 {
+			code = http.StatusOK
 		}
 		m.mu.Lock()
-		m.requests[[2]string{route, strconv.Itoa(rec.code)}]++
+		m.requests[[2]string{route, strconv.Itoa(code)}]++
 		m.latencySum[route] += time.Since(start).Seconds()
 		m.latencyCount[route]++
 		m.mu.Unlock()
@@ -109,6 +102,20 @@ func (m *metrics) serve(w http.ResponseWriter, storage map[string]int64) {
 	fmt.Fprintln(w, "# TYPE dronehub_telemetry_frames_total counter")
 	for i, v := range []string{"accepted", "duplicate", "stale", "rejected"} {
 		fmt.Fprintf(w, "dronehub_telemetry_frames_total{verdict=%q} %d\n", v, m.frames[i].Load())
+	}
+	fmt.Fprintln(w, "# HELP dronehub_http_rejected_total Requests answered 503 before their route ran: busy (no room in time) or storage (storage known to be down).")
+	fmt.Fprintln(w, "# TYPE dronehub_http_rejected_total counter")
+	for i, v := range []string{"busy", "storage"} {
+		fmt.Fprintf(w, "dronehub_http_rejected_total{reason=%q} %d\n", v, m.rejected[i].Load())
+	}
+	if m.limiter != nil {
+		n, b := m.limiter.load()
+		fmt.Fprintln(w, "# HELP dronehub_http_in_flight Requests being served (admission-controlled routes).")
+		fmt.Fprintln(w, "# TYPE dronehub_http_in_flight gauge")
+		fmt.Fprintf(w, "dronehub_http_in_flight %d\n", n)
+		fmt.Fprintln(w, "# HELP dronehub_http_body_bytes_in_flight Request-body bytes reserved by the requests being served.")
+		fmt.Fprintln(w, "# TYPE dronehub_http_body_bytes_in_flight gauge")
+		fmt.Fprintf(w, "dronehub_http_body_bytes_in_flight %d\n", b)
 	}
 	if storage != nil {
 		kinds := make([]string, 0, len(storage))

@@ -93,12 +93,24 @@ type MissionInput struct {
 
 // MissionCheckpoint carries a mission across continue-as-new.
 type MissionCheckpoint struct {
-	Status          domain.MissionStatus `json:"status"`
-	Saga            []SagaStep           `json:"saga"`
-	LastSeq         int64                `json:"lastSeq"`
-	LastTelemetryAt time.Time            `json:"lastTelemetryAt"`
-	Executions      int                  `json:"executions"`
+	Status domain.MissionStatus `json:"status"`
+	Saga   []SagaStep           `json:"saga"`
+	// LastEpoch and LastSeq order the telemetry the mission has handled
+	// (see domain.DroneState.Newer).
+	LastEpoch       int64     `json:"lastEpoch,omitempty"`
+	LastSeq         int64     `json:"lastSeq"`
+	LastTelemetryAt time.Time `json:"lastTelemetryAt"`
+	Executions      int       `json:"executions"`
+	// Run identifies this mission among the missions that ever had its id
+	// (see activities.EffectKey); "" for missions started before runs
+	// existed, whose effects are keyed by the mission id alone.
+	Run string `json:"run,omitempty"`
 }
+
+// Run formats the time of a mission's first turn as its run (see
+// MissionCheckpoint.Run). A mission's status records the same time as the
+// timeline's first entry, so Run(status.Timeline[0].At) names its run.
+func Run(firstTurn time.Time) string { return firstTurn.UTC().Format(time.RFC3339Nano) }
 
 // Compensation step names in a mission's saga.
 const (
@@ -132,7 +144,8 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 	}
 	m := &mission{ctx: ctx, req: in.Request, set: in.Settings.WithDefaults()}
 	if r := in.Resume; r != nil {
-		m.status, m.lastSeq, m.lastTelemetryAt, m.executions = r.Status, r.LastSeq, r.LastTelemetryAt, r.Executions+1
+		m.status, m.lastEpoch, m.lastSeq, m.lastTelemetryAt, m.executions = r.Status, r.LastEpoch, r.LastSeq, r.LastTelemetryAt, r.Executions+1
+		m.run = r.Run
 		m.saga = RestoreSaga(ctx, r.Saga, SagaOptions{})
 		// Each execution reports its own custom status: without this, one
 		// that handles no signal would clear it.
@@ -140,6 +153,11 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 		return m.fly()
 	}
 	m.saga = NewSaga(ctx, SagaOptions{})
+	// The run is the time of the mission's first turn, the same on every
+	// replay: a mission started under the id of a purged one gets a run of
+	// its own, so it never finds the other's effects (see
+	// activities.EffectKey).
+	m.run = Run(ctx.CurrentTimeUtc)
 	m.status = domain.MissionStatus{MissionID: string(ctx.ID)}
 	m.enter(domain.PhaseCreated)
 
@@ -150,7 +168,7 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 	m.undo(StepNotifyCustomer, activities.NotifyCustomer)
 
 	var res activities.ReserveResult
-	if err := m.call(activities.ReserveDrone, activities.ReserveInput{MissionID: string(ctx.ID), DroneID: m.req.DroneID}, &res); err != nil {
+	if err := m.call(activities.ReserveDrone, activities.ReserveInput{MissionID: string(ctx.ID), DroneID: m.req.DroneID, Run: m.run}, &res); err != nil {
 		return m.fail("reserve drone", err)
 	}
 	m.status.DroneID = res.DroneID
@@ -159,7 +177,7 @@ func DeliveryMission(ctx *task.OrchestrationContext) (any, error) {
 	m.undo(StepReleaseDrone, activities.ReleaseDrone)
 	m.enter(domain.PhaseDroneReserved)
 
-	dispatch := activities.DispatchInput{MissionID: string(ctx.ID), DroneID: res.DroneID, Route: *m.status.Route, Deadline: m.req.Deadline}
+	dispatch := activities.DispatchInput{MissionID: string(ctx.ID), DroneID: res.DroneID, Route: *m.status.Route, Deadline: m.req.Deadline, Run: m.run}
 	if err := m.call(activities.DispatchDrone, dispatch, nil); err != nil {
 		return m.fail("dispatch drone", err)
 	}
@@ -175,6 +193,8 @@ type mission struct {
 	set        MissionSettings
 	status     domain.MissionStatus
 	saga       *Saga
+	run        string
+	lastEpoch  int64
 	lastSeq    int64
 	executions int
 	// lastTelemetryAt is the orchestration time of the last telemetry signal.
@@ -182,7 +202,7 @@ type mission struct {
 }
 
 func (m *mission) ref(reason string) activities.MissionRef {
-	return activities.MissionRef{MissionID: string(m.ctx.ID), DroneID: m.status.DroneID, PackageID: m.req.Package.ID, Reason: reason}
+	return activities.MissionRef{MissionID: string(m.ctx.ID), DroneID: m.status.DroneID, PackageID: m.req.Package.ID, Reason: reason, Run: m.run}
 }
 
 func (m *mission) publish() {
@@ -234,7 +254,7 @@ func (m *mission) fly() (any, error) {
 	for n := 0; n < m.set.MaxSignalsPerExecution; n++ {
 		var sig domain.Signal
 		if err := m.ctx.WaitForSingleEvent(domain.SignalEvent, -1).Await(&sig); err != nil {
-			continue // a malformed signal: anyone can raise events, so drop it
+			continue // a malformed signal: drop it
 		}
 		if done, out, err := m.onSignal(sig); done {
 			return out, err
@@ -243,8 +263,8 @@ func (m *mission) fly() (any, error) {
 	m.ctx.ContinueAsNew(MissionInput{
 		Request:  m.req,
 		Settings: m.set,
-		Resume: &MissionCheckpoint{Status: m.status, Saga: m.saga.Steps(), LastSeq: m.lastSeq,
-			LastTelemetryAt: m.lastTelemetryAt, Executions: m.executions},
+		Resume: &MissionCheckpoint{Status: m.status, Saga: m.saga.Steps(), LastEpoch: m.lastEpoch, LastSeq: m.lastSeq,
+			LastTelemetryAt: m.lastTelemetryAt, Executions: m.executions, Run: m.run},
 	}, task.WithKeepUnprocessedEvents())
 	return nil, nil
 }
@@ -264,11 +284,13 @@ func (m *mission) onSignal(sig domain.Signal) (bool, any, error) {
 		out, err := m.end(domain.PhaseCancelled, reason)
 		return true, out, err
 	case domain.SignalTelemetry:
-		if sig.State == nil {
+		if sig.CheckTelemetry(m.status.DroneID) != nil {
+			// Not about this mission's drone, or out of bounds: only its
+			// own drone's telemetry may move a mission.
 			return false, nil, nil
 		}
 		m.lastTelemetryAt = now
-		if sig.State.Seq <= m.lastSeq {
+		if !sig.State.Newer(m.lastEpoch, m.lastSeq) {
 			// Late (signals can overtake each other in queues): its state is
 			// stale, but the route progress it carries may still be news.
 			return m.advanceTo(sig.Phase)
@@ -293,7 +315,7 @@ func (m *mission) onSignal(sig domain.Signal) (bool, any, error) {
 }
 
 func (m *mission) onTelemetry(s domain.DroneState, reported domain.Phase) (bool, any, error) {
-	m.lastSeq = s.Seq
+	m.lastEpoch, m.lastSeq = s.Epoch, s.Seq
 	route := *m.status.Route
 	m.status = domain.Aggregate(m.status, route, s, m.ctx.CurrentTimeUtc, m.set.CruiseSpeedMps)
 	if fault := s.Health.Fault(); fault != "" {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -29,9 +30,20 @@ func phases(st domain.MissionStatus) []domain.Phase {
 	return out
 }
 
+// effectKey is the key the mission's effects are recorded under: its id
+// and its run, the time of its first turn (the timeline's first entry).
+func effectKey(t *testing.T, w *worker.Worker, id string) string {
+	t.Helper()
+	st := testkit.Status(t, testkit.Metadata(t, w, id).SerializedCustomStatus)
+	if len(st.Timeline) == 0 {
+		t.Fatalf("mission %s has no timeline yet", id)
+	}
+	return activities.EffectKey(id, orchestrations.Run(st.Timeline[0].At))
+}
+
 func effectKinds(t *testing.T, w *worker.Worker, id string) []string {
 	t.Helper()
-	effects, err := w.Fleet().Effects(context.Background(), id)
+	effects, err := w.Fleet().Effects(context.Background(), effectKey(t, w, id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +279,10 @@ func TestMissionHistoryStaysBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := testkit.AwaitDispatched(t, w, id)
-		flight := simulator.NewFlight(simulator.FlightOptions{DroneID: st.DroneID, Route: *st.Route, SpeedMps: 15, KeyFrameEvery: 20})
+		// Some 12 minutes of flight sent at once: start it in the past, or
+		// its last frames would be too far ahead of the clock to accept.
+		flight := simulator.NewFlight(simulator.FlightOptions{DroneID: st.DroneID, Route: *st.Route, SpeedMps: 15, KeyFrameEvery: 20,
+			Start: time.Now().Add(-20 * time.Minute)})
 		sink := testkit.Sink(t, w)
 		maxHistory, frames := 0, 0
 		for {
@@ -457,4 +472,158 @@ func TestMissionToleratesReorderedSignals(t *testing.T) {
 			t.Errorf("%s ran %d times, want 1", a, n)
 		}
 	}
+}
+
+// raiseSignals raises signals on a mission from Go, as the worker's
+// ingestion and watchdog do, and waits until the mission has processed them
+// all (they are in its history).
+func raiseSignals(t *testing.T, w *worker.Worker, id string, sigs ...domain.Signal) {
+	t.Helper()
+	ctx := context.Background()
+	raised := func() int {
+		state, err := w.Backend().GetOrchestrationRuntimeState(ctx, &dtbackend.OrchestrationWorkItem{InstanceID: api.InstanceID(id)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range state.OldEvents() {
+			if e.GetEventRaised() != nil {
+				n++
+			}
+		}
+		return n
+	}
+	before := raised()
+	for _, sig := range sigs {
+		payload, _ := json.Marshal(sig)
+		if err := w.Client().RaiseEvent(ctx, api.InstanceID(id), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.Eventually(t, 15*time.Second, "the mission to process the signals", func() bool { return raised() >= before+len(sigs) })
+}
+
+// droneAt is a healthy drone's state at p.
+func droneAt(drone string, seq int64, p domain.LatLon, mode domain.FlightMode) *domain.DroneState {
+	return &domain.DroneState{
+		DeviceID: drone, Seq: seq, Timestamp: time.Now().UTC(), Battery: 0.8, FlightMode: mode,
+		Position: domain.Position{Lat: p.Lat, Lon: p.Lon},
+		Health:   domain.HealthState{GyrometerOK: true, AccelerometerOK: true, MagnetometerOK: true},
+	}
+}
+
+// TestMissionActsOnlyOnItsOwnDrone delivers telemetry signals that do not
+// come from the mission's drone or are out of bounds, among them the forgery
+// of issue #7 that completed a mission whose drone never moved and the seq
+// 2^63-1 that made it ignore every later frame: none may move the mission,
+// and its drone's real telemetry must still be heard afterwards.
+func TestMissionActsOnlyOnItsOwnDrone(t *testing.T) {
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		cfg.Mission.Watchdog = 2 * time.Minute // no alarm while the test runs
+		cfg.Heartbeat = time.Second
+		calls := &testkit.Calls{}
+		cfg.ActivityMiddleware = calls.Middleware()
+		w := testkit.Start(t, cfg)
+		id, err := w.StartMission(context.Background(), testkit.Request("own-drone"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := testkit.AwaitDispatched(t, w, id)
+		r := *st.Route
+		home := droneAt(st.DroneID, 5, r.Home, domain.ModeReady)
+		outOfBounds := func(f func(s *domain.DroneState)) *domain.DroneState {
+			s := droneAt(st.DroneID, 6, r.Pickup, domain.ModeLanding)
+			f(s)
+			return s
+		}
+		tel := func(phase domain.Phase, s *domain.DroneState) domain.Signal {
+			return domain.Signal{Kind: domain.SignalTelemetry, Phase: phase, State: s}
+		}
+		raiseSignals(t, w, id,
+			tel(domain.PhaseCompleted, &domain.DroneState{Seq: 1}), // issue #7's payload
+			tel(domain.PhaseCompleted, droneAt("drone-elsewhere", 5, r.Home, domain.ModeReady)),
+			tel(domain.PhaseCompleted, outOfBounds(func(s *domain.DroneState) { s.Seq = math.MaxInt64 })),
+			tel(domain.PhaseCompleted, outOfBounds(func(s *domain.DroneState) { s.Epoch = -1 })),
+			tel(domain.PhaseCompleted, outOfBounds(func(s *domain.DroneState) { s.Battery = 7 })),
+			tel(domain.PhaseCompleted, outOfBounds(func(s *domain.DroneState) { s.Position.Lat = 123 })),
+			tel(domain.PhaseCompleted, outOfBounds(func(s *domain.DroneState) { s.FlightMode = "warp" })),
+			tel(domain.PhaseCompleted, outOfBounds(func(s *domain.DroneState) { s.Timestamp = time.Time{} })),
+			tel("Teleported", home),
+		)
+		md := testkit.Metadata(t, w, id)
+		if got := testkit.Status(t, md.SerializedCustomStatus); md.RuntimeStatus != api.RUNTIME_STATUS_RUNNING || got.Phase != domain.PhaseHeadedToPickup || got.LastTelemetryAt != nil {
+			t.Fatalf("after forged signals: runtime status %v, phase %s, last telemetry %v; want Running, HeadedToPickup, none", md.RuntimeStatus, got.Phase, got.LastTelemetryAt)
+		}
+		for _, a := range []string{activities.ConfirmPickup, activities.ConfirmDelivery, activities.CompleteMission} {
+			if n := calls.Count(a, id); n != 0 {
+				t.Errorf("%s ran %d times on forged signals", a, n)
+			}
+		}
+		// The drone's own telemetry, with a low seq and no route phase: had
+		// the forged seq been taken, the mission would ignore its state.
+		raiseSignals(t, w, id, tel("", droneAt(st.DroneID, 1, r.Pickup, domain.ModeLanding)))
+		testkit.Eventually(t, 15*time.Second, "the mission to confirm the pickup", func() bool {
+			return testkit.Status(t, testkit.Metadata(t, w, id).SerializedCustomStatus).Phase == domain.PhasePickedUp
+		})
+		if n := calls.Count(activities.ConfirmPickup, id); n != 1 {
+			t.Errorf("ConfirmPickup ran %d times, want 1", n)
+		}
+	})
+}
+
+// TestMissionFollowsARebootedDrone: the drone reboots on its way back
+// and numbers its frames from 1 again, with a higher boot count. Ingestion
+// starts a new epoch, and the mission must act on the new frames although
+// their seq stays below the last one it saw: here a fault after the reboot
+// fails it.
+func TestMissionFollowsARebootedDrone(t *testing.T) {
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		w := testkit.Start(t, cfg)
+		ctx := context.Background()
+		id, err := w.StartMission(ctx, testkit.Request("rebooted"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := testkit.AwaitDispatched(t, w, id)
+		flight := testkit.Flight(t, w, st, simulator.FaultHealth, 0.75)
+		sink := testkit.Sink(t, w)
+		rebooted, takeoffs := false, 0
+		var seq, lastSeq int64
+		for {
+			fr, ok := flight.Next()
+			if !ok {
+				break
+			}
+			if rebooted {
+				seq++
+				fr.Boot, fr.Seq = 1, &seq
+			}
+			if err := sink.Send(ctx, []domain.Frame{fr}); err != nil {
+				t.Fatal(err)
+			}
+			if fr.FlightMode != nil && *fr.FlightMode == domain.ModeTakeoff {
+				takeoffs++
+			}
+			if takeoffs == 3 && !rebooted {
+				testkit.Eventually(t, 15*time.Second, "the mission to head home", func() bool {
+					return testkit.Status(t, testkit.Metadata(t, w, id).SerializedCustomStatus).Phase == domain.PhaseReturning
+				})
+				rebooted, lastSeq = true, *fr.Seq
+			}
+		}
+		if !rebooted || seq >= lastSeq {
+			t.Fatalf("rebooted %t, %d frames after the reboot, %d before: the frames after it must keep a lower seq", rebooted, seq, lastSeq)
+		}
+		d, err := w.Fleet().Drone(ctx, st.DroneID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := d.Tracked.State; s == nil || s.Boot != 1 || s.Epoch != 1 || s.Seq != seq {
+			t.Fatalf("drone state after the reboot %+v: want boot 1, epoch 1, seq %d", s, seq)
+		}
+		out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
+		if out.Phase != domain.PhaseFailed || !strings.Contains(out.Failure, "fault: gyrometer") {
+			t.Fatalf("phase %s (%s), want Failed on the gyrometer fault reported after the reboot", out.Phase, out.Failure)
+		}
+	})
 }

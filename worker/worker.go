@@ -11,6 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
+	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,11 +67,41 @@ type Config struct {
 	SeedBase *domain.LatLon
 	// APIKeys, when set, are required as "Authorization: Bearer KEY" on /api.
 	APIKeys []string
+	// MetricsRequireKey puts /metrics behind the API keys too (it is open by
+	// default, the Prometheus convention). It needs APIKeys.
+	MetricsRequireKey bool
+	// PublicURL is the base URL clients reach the API at
+	// ("https://drones.example.com"); absolute URLs in answers (Location,
+	// the management URLs) are built from it. Without it they are relative,
+	// unless a trusted proxy names the host (see httpapi.Options.PublicURL).
+	PublicURL string
+	// TrustedProxies lists the IPs or CIDR prefixes of reverse proxies whose
+	// X-Forwarded-Proto, X-Forwarded-Host and Forwarded headers are honoured.
+	TrustedProxies []string
+	// MaxInFlight bounds the API requests served at once; default 64.
+	MaxInFlight int
+	// MaxBodyMemory bounds the request-body bytes held by the requests served
+	// at once; default 16 MiB (four full telemetry batches).
+	MaxBodyMemory int64
+	// StorageTimeout bounds each request's storage work; past it the request
+	// answers 503 with Retry-After. Default 1.2 s.
+	StorageTimeout time.Duration
+	// WriteTimeout bounds, per request, reading its body and writing its
+	// answer (http.Server.WriteTimeout); a client that does not read its
+	// answer is disconnected after it. Default 40 s.
+	WriteTimeout time.Duration
 	// Logger receives the worker's logs; default slog.Default().
 	Logger *slog.Logger
 	// Register adds a user's own orchestrations and activities. They get the
 	// generic management API (/api/instances, /api/orchestrations/{name}).
 	Register func(r *task.TaskRegistry) error
+	// PublicEvents declares, per orchestrator name, the events clients may
+	// raise over HTTP (POST /api/instances/{id}/events/{event}); any other
+	// event name gets 403. By default no event is public. Each name must be
+	// registered, and DeliveryMission has none: its "signal" event carries
+	// telemetry and alarms, which only the worker raises, and missions are
+	// cancelled with POST /api/missions/{id}/cancel.
+	PublicEvents map[string][]string
 	// ActivityMiddleware wraps every dronehub activity (metrics, tracing,
 	// fault injection in tests).
 	ActivityMiddleware activities.Middleware
@@ -101,8 +134,34 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = httpapi.DefaultMaxInFlight
+	}
+	if c.MaxBodyMemory == 0 {
+		c.MaxBodyMemory = httpapi.DefaultMaxBodyMemory
+	}
+	if c.StorageTimeout == 0 {
+		c.StorageTimeout = httpapi.DefaultStorageTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
 	return c
 }
+
+// HTTP server limits of Server.
+const (
+	// DefaultWriteTimeout is Config.WriteTimeout's default.
+	DefaultWriteTimeout = 40 * time.Second
+	// ReadTimeout bounds reading a request, body included.
+	ReadTimeout = 30 * time.Second
+	// ReadHeaderTimeout bounds reading a request's headers.
+	ReadHeaderTimeout = 10 * time.Second
+	// IdleTimeout closes a keep-alive connection idle this long.
+	IdleTimeout = time.Minute
+	// MaxHeaderBytes bounds a request's headers (net/http allows 4 KiB more).
+	MaxHeaderBytes = 64 << 10
+)
 
 func (c Config) validate() error {
 	if c.OrchestrationConcurrency < 1 || c.ActivityConcurrency < 1 {
@@ -118,6 +177,23 @@ func (c Config) validate() error {
 		if len(k) < 16 {
 			return fmt.Errorf("API key %d is %d characters; use at least 16", i+1, len(k))
 		}
+	}
+	if c.MetricsRequireKey && len(c.APIKeys) == 0 {
+		return errors.New("requiring a key on /metrics needs API keys")
+	}
+	if c.PublicURL != "" {
+		if _, err := httpapi.ValidatePublicURL(c.PublicURL); err != nil {
+			return err
+		}
+	}
+	if _, err := httpapi.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		return err
+	}
+	if c.MaxInFlight < 1 || c.MaxBodyMemory < httpapi.MaxMissionBody {
+		return fmt.Errorf("max in-flight requests %d must be at least 1 and max body memory %d at least %d bytes", c.MaxInFlight, c.MaxBodyMemory, httpapi.MaxMissionBody)
+	}
+	if c.StorageTimeout < 0 || c.WriteTimeout < 0 {
+		return fmt.Errorf("storage timeout %s and write timeout %s must be positive", c.StorageTimeout, c.WriteTimeout)
 	}
 	return nil
 }
@@ -181,11 +257,17 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 			return nil, fmt.Errorf("register user tasks: %w", err)
 		}
 	}
-	exec := safeExecutor{Executor: task.NewTaskExecutor(reg), log: log}
+	orchestrators, err := apiOrchestrators(reg, cfg.PublicEvents)
+	if err != nil {
+		return nil, fmt.Errorf("worker config: %w", err)
+	}
+	// Terminate wrappers: terminating a suspended instance ends it (see
+	// taskhub.TerminateExecutor).
+	exec := safeExecutor{Executor: taskhub.TerminateExecutor(task.NewTaskExecutor(reg)), log: log}
 	dl := taskhub.Logger(log)
 	// The task workers fetch through a Gate, so that Shutdown can stop them
 	// fetching without cancelling the work they are doing (see taskhub.Runner).
-	gate := taskhub.NewGate(hub.Backend)
+	gate := taskhub.NewGate(taskhub.TerminateBackend(hub.Backend))
 	ow := dtbackend.NewOrchestrationWorker(gate, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.OrchestrationConcurrency)))
 	aw := dtbackend.NewActivityTaskWorker(gate, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.ActivityConcurrency)))
 	w := &Worker{
@@ -197,6 +279,7 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 		watchdog: activities.NewWatchdog(hub.Fleet, client, activities.WatchdogOptions{Silence: cfg.Mission.Watchdog, Logger: log}),
 		log:      log,
 	}
+	proxies, _ := httpapi.ParseTrustedProxies(cfg.TrustedProxies) // checked by validate
 	w.handler = httpapi.NewHandler(httpapi.Options{
 		Client:   client,
 		Backend:  hub.Backend,
@@ -206,8 +289,64 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 		APIKeys:  cfg.APIKeys,
 		Logger:   log,
 		Ready:    w.ready,
+
+		// Exposure and load limits.
+		MetricsRequireKey: cfg.MetricsRequireKey,
+		PublicURL:         cfg.PublicURL,
+		TrustedProxies:    proxies,
+		MaxInFlight:       cfg.MaxInFlight,
+		MaxBodyMemory:     cfg.MaxBodyMemory,
+		StorageTimeout:    cfg.StorageTimeout,
+
+		// What the API may start and raise events on.
+		Orchestrators: orchestrators,
 	})
 	return w, nil
+}
+
+// apiOrchestrators describes the orchestrators in reg to the HTTP API, with
+// the public events declared for them.
+func apiOrchestrators(reg *task.TaskRegistry, public map[string][]string) (map[string]httpapi.Orchestrator, error) {
+	names, err := orchestratorNames(reg)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]httpapi.Orchestrator, len(names))
+	for _, n := range names {
+		out[n] = httpapi.Orchestrator{}
+	}
+	for name, events := range public {
+		if _, ok := out[name]; !ok {
+			return nil, fmt.Errorf("PublicEvents names orchestrator %q, which is not registered", name)
+		}
+		if name == orchestrations.DeliveryMissionName && len(events) > 0 {
+			return nil, fmt.Errorf("PublicEvents: %s has no public events; its %q event carries telemetry only the worker may raise", name, domain.SignalEvent)
+		}
+		for _, e := range events {
+			if err := httpapi.CheckEventName(e); err != nil {
+				return nil, fmt.Errorf("PublicEvents of %s: %q: %w", name, e, err)
+			}
+		}
+		out[name] = httpapi.Orchestrator{PublicEvents: slices.Clone(events)}
+	}
+	return out, nil
+}
+
+// orchestratorNames lists the orchestrators registered in reg.
+// durabletask-go v0.6.0's TaskRegistry has no accessor for them, so its
+// unexported map is read by reflection (read only); with a version that
+// renames it, New fails instead of serving an API that refuses every start.
+func orchestratorNames(reg *task.TaskRegistry) ([]string, error) {
+	v := reflect.ValueOf(reg).Elem().FieldByName("orchestrators")
+	if v.Kind() != reflect.Map || v.Type().Key().Kind() != reflect.String {
+		return nil, errors.New("cannot list the registered orchestrators: durabletask-go's TaskRegistry changed")
+	}
+	names := make([]string, 0, v.Len())
+	for _, k := range v.MapKeys() {
+		names = append(names, k.String())
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 func seed(ctx context.Context, store fleet.Store, n int, base domain.LatLon) error {
@@ -296,7 +435,7 @@ func (w *Worker) Ingestor() *activities.Ingestor { return w.ingestor }
 
 func (w *Worker) ready(ctx context.Context) error {
 	if !w.started.Load() {
-		return errors.New("worker is not started")
+		return httpapi.ErrNotStarted
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -307,9 +446,24 @@ func (w *Worker) ready(ctx context.Context) error {
 		_, err = w.hub.Backend.ListInstances(ctx, taskhub.Query{PageSize: 1})
 	}
 	if err != nil {
-		return fmt.Errorf("storage unreachable: %w", err)
+		return fmt.Errorf("%w: %w", httpapi.ErrStorageUnavailable, err)
 	}
 	return nil
+}
+
+// Server returns an http.Server for the API with the worker's limits: the
+// timeouts above, Config.WriteTimeout and MaxHeaderBytes. Run serves it;
+// an embedder can too.
+func (w *Worker) Server() *http.Server {
+	return &http.Server{
+		Handler:           w.handler,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      w.cfg.WriteTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
+	}
 }
 
 // Run starts the worker and serves the HTTP API on ln until ctx ends, then
@@ -319,13 +473,7 @@ func (w *Worker) Run(ctx context.Context, ln net.Listener, grace time.Duration) 
 	if err := w.Start(ctx); err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           w.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
-	}
+	srv := w.Server()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	w.log.Info("listening", "addr", ln.Addr().String())

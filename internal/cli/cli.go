@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/dronehub/dronehub/httpapi"
 	"github.com/dronehub/dronehub/orchestrations"
 	"github.com/dronehub/dronehub/worker"
 )
@@ -133,9 +135,13 @@ func (a *App) parse(fs *flag.FlagSet, args []string) error {
 
 type workerFlags struct {
 	listen, storage, hub, apiKeys, logLevel, logFormat string
-	insecure                                           bool
+	apiKeysFile, publicURL, trustedProxies             string
+	insecure, metricsRequireKey                        bool
 	orchConc, actConc, seedDrones, partitions, maxDeq  int
+	maxInFlight                                        int
+	maxBodyMemory                                      byteSize
 	watchdog, heartbeat, lockTimeout, grace            time.Duration
+	storageTimeout, writeTimeout                       time.Duration
 	batteryFloor                                       float64
 }
 
@@ -147,8 +153,17 @@ func (a *App) worker(ctx context.Context, args []string) error {
 	fs.StringVar(&f.hub, "hub", "dronehub", "task hub name (Azure Storage)")
 	fs.IntVar(&f.maxDeq, "max-dequeue-count", 10, "fetches of a work item without completing before it is set aside as a dead letter")
 	fs.IntVar(&f.partitions, "partitions", 0, "control-queue partitions of a new Azure Storage hub (1-16, default 4)")
-	fs.StringVar(&f.apiKeys, "api-keys", "", "comma-separated API keys required as 'Authorization: Bearer KEY' on /api")
+	fs.StringVar(&f.apiKeys, "api-keys", "", "comma-separated API keys required as 'Authorization: Bearer KEY' on /api (16+ characters each).\nOn the command line they are visible to every local user (ps): prefer --api-keys-file or the environment variable")
+	fs.StringVar(&f.apiKeysFile, "api-keys-file", "", "file holding API keys, one per line or comma-separated ('#' starts a comment); added to --api-keys")
+	fs.BoolVar(&f.metricsRequireKey, "metrics-require-key", false, "require an API key on /metrics too (open by default, the Prometheus convention)")
 	fs.BoolVar(&f.insecure, "insecure", false, "allow listening on a non-loopback address without API keys")
+	fs.StringVar(&f.publicURL, "public-url", "", "base URL clients reach the API at, e.g. https://drones.example.com; Location and management URLs are built from it (default: relative URLs)")
+	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated IPs or CIDR prefixes of reverse proxies whose X-Forwarded-Proto/-Host and Forwarded headers are honoured (default: none)")
+	fs.IntVar(&f.maxInFlight, "max-inflight", httpapi.DefaultMaxInFlight, "API requests served at once; more wait briefly, then get 503 with Retry-After")
+	f.maxBodyMemory = httpapi.DefaultMaxBodyMemory
+	fs.Var(&f.maxBodyMemory, "max-body-memory", "request bodies held in memory at once, a `size` such as 16MiB (a request reserves its Content-Length, or its route's body limit); more wait briefly, then get 503 with Retry-After")
+	fs.DurationVar(&f.storageTimeout, "storage-timeout", httpapi.DefaultStorageTimeout, "longest a request waits for storage; past it the answer is 503 with Retry-After")
+	fs.DurationVar(&f.writeTimeout, "write-timeout", worker.DefaultWriteTimeout, "longest time to read a request's body and write its answer; a client that does not read its answer is disconnected after it")
 	fs.IntVar(&f.orchConc, "orchestration-concurrency", 16, "orchestration work items processed at once")
 	fs.IntVar(&f.actConc, "activity-concurrency", 32, "activities processed at once")
 	fs.DurationVar(&f.watchdog, "watchdog", 60*time.Second, "fail a mission as 'drone lost' after this long without telemetry")
@@ -166,14 +181,26 @@ func (a *App) worker(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var keys []string
-	for _, k := range strings.Split(f.apiKeys, ",") {
-		if k = strings.TrimSpace(k); k != "" {
-			keys = append(keys, k)
+	keys := splitKeys(f.apiKeys)
+	if f.apiKeysFile != "" {
+		fileKeys, err := readKeysFile(f.apiKeysFile, logger)
+		if err != nil {
+			return err
 		}
+		keys = append(keys, fileKeys...)
+	}
+	if f.maxInFlight < 1 {
+		return fmt.Errorf("--max-inflight %d: at least 1 request must be served at once", f.maxInFlight)
+	}
+	if f.metricsRequireKey && len(keys) == 0 {
+		return errors.New("--metrics-require-key needs --api-keys or --api-keys-file")
 	}
 	if err := checkExposure(f.listen, len(keys) > 0, f.insecure); err != nil {
 		return err
+	}
+	var proxies []string
+	if f.trustedProxies != "" {
+		proxies = strings.Split(f.trustedProxies, ",")
 	}
 	seed := f.seedDrones
 	if seed == 0 {
@@ -191,6 +218,13 @@ func (a *App) worker(ctx context.Context, args []string) error {
 		Heartbeat:                f.heartbeat,
 		SeedDrones:               seed,
 		APIKeys:                  keys,
+		MetricsRequireKey:        f.metricsRequireKey,
+		PublicURL:                f.publicURL,
+		TrustedProxies:           proxies,
+		MaxInFlight:              f.maxInFlight,
+		MaxBodyMemory:            int64(f.maxBodyMemory),
+		StorageTimeout:           f.storageTimeout,
+		WriteTimeout:             f.writeTimeout,
 		Logger:                   logger,
 	}
 	ln, err := net.Listen("tcp", f.listen)
@@ -206,18 +240,108 @@ func (a *App) worker(ctx context.Context, args []string) error {
 }
 
 // checkExposure refuses to serve an open API beyond this machine by accident.
+// A host name counts as local only if every address it resolves to is a
+// loopback address ("localhost" included: /etc/hosts can say otherwise).
 func checkExposure(listen string, haveKeys, insecure bool) error {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return fmt.Errorf("--listen %q: want HOST:PORT, e.g. 127.0.0.1:8080", listen)
 	}
-	if haveKeys || insecure || host == "localhost" {
+	if haveKeys || insecure || loopbackOnly(host) {
 		return nil
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
+	return fmt.Errorf("--listen %s is reachable from other machines but no --api-keys are set; set --api-keys or --api-keys-file, listen on 127.0.0.1, or pass --insecure to run open", listen)
+}
+
+// lookupIPAddr resolves host names for checkExposure; tests replace it.
+var lookupIPAddr = net.DefaultResolver.LookupIPAddr
+
+func loopbackOnly(host string) bool {
+	if host == "" {
+		return false // every interface
 	}
-	return fmt.Errorf("--listen %s is reachable from other machines but no --api-keys are set; set --api-keys, listen on 127.0.0.1, or pass --insecure to run open", listen)
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addrs, err := lookupIPAddr(ctx, host)
+	if err != nil || len(addrs) == 0 {
+		return false
+	}
+	for _, a := range addrs {
+		if !a.IP.IsLoopback() {
+			return false
+		}
+	}
+	return true
+}
+
+func splitKeys(s string) []string {
+	var keys []string
+	for _, k := range strings.Split(s, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// readKeysFile reads API keys from a file: one per line or comma-separated,
+// blank lines and '#' comments ignored. Keys in a file stay out of the
+// process list, unlike --api-keys.
+func readKeysFile(path string, log *slog.Logger) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--api-keys-file: %w", err)
+	}
+	var keys []string
+	for _, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		keys = append(keys, splitKeys(line)...)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("--api-keys-file %s holds no keys", path)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o004 != 0 {
+		log.Warn("the API keys file is readable by every local user; chmod o-r it", "file", path)
+	}
+	return keys, nil
+}
+
+// byteSize is a flag holding a byte count: 16777216, 16MiB, 512KiB, 1GiB.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	switch n := int64(*b); {
+	case n != 0 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n != 0 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n != 0 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	default:
+		return strconv.FormatInt(n, 10)
+	}
+}
+
+func (b *byteSize) Set(s string) error {
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSuffix(num, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 || n > (1<<40)/mult {
+		return fmt.Errorf("%q: want a positive size such as 16MiB, 512KiB or a byte count", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

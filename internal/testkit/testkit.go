@@ -47,7 +47,12 @@ func Config(t testing.TB) worker.Config {
 			ActivityRetryInterval: 100 * time.Millisecond,
 		},
 		Heartbeat: 500 * time.Millisecond,
-		Logger:    Logger(),
+		// The API's storage deadline (1.2 s by default) is for production
+		// storage; on a loaded 2-core test machine with Azurite sharing
+		// the cores a healthy request can take longer. Tests of the
+		// deadline itself set their own.
+		StorageTimeout: 20 * time.Second,
+		Logger:         Logger(),
 	}
 }
 
