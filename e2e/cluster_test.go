@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dronehub/dronehub/internal/testkit/artifacts"
 )
 
 // Worker settings every test uses: short enough that a killed worker's work
@@ -138,8 +140,21 @@ func newCluster(t *testing.T, storage, hubPrefix string) *cluster {
 		},
 	}
 	t.Cleanup(c.client.CloseIdleConnections)
-	t.Logf("task hub %s, worker logs in %s", c.hub, c.logDir)
+	// After the workers' own cleanups (registered later, run earlier)
+	// have stopped them, and before logDir's removal: a failed test's
+	// logs are copied where they survive it.
+	artifacts.KeepOnFailure(t, c.logFiles)
+	t.Logf("task hub %s, worker logs in %s (kept in %s/… if the test fails)", c.hub, c.logDir, artifactsBase())
 	return c
+}
+
+// artifactsBase is where failed tests' logs are kept (see
+// internal/testkit/artifacts).
+func artifactsBase() string {
+	if d := os.Getenv(artifacts.Env); d != "" {
+		return d
+	}
+	return filepath.Join(os.TempDir(), "dronehub-test-artifacts")
 }
 
 func logDir(t *testing.T) string {

@@ -12,8 +12,14 @@
 // the module root; without it the tests skip, or fail when CI=true.
 // Set DRONEHUB_E2E_KEEP=1 to keep the workers' JSON log files after a run
 // (their directory is logged), and DRONEHUB_E2E_LOG_LEVEL=debug for the
-// workers' debug logs. A mission that ends other than its flight decided
-// gets a trace of the signals in its history, read from the task hub.
+// workers' debug logs. A failed test keeps them in any case: they are
+// copied to $DRONEHUB_TEST_ARTIFACTS/<test>-<time>, or under
+// <temp dir>/dronehub-test-artifacts, and a timeout's failure message
+// names that directory, shows the tail of each log and reports the task
+// hub as storage sees it (lease rows, queue depths, instances by status,
+// the stuck missions' last history events). A mission that ends other
+// than its flight decided gets a trace of the signals in its history, read
+// from the task hub.
 //
 // What the tests check, for every mission: it reaches a terminal state; a
 // delivery without a fault completes (output.phase Completed) and its

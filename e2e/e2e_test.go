@@ -19,22 +19,32 @@ func runAsync(t *testing.T, ctx context.Context, d *driver) <-chan struct{} {
 }
 
 // await polls cond until it holds, logging progress every 10 s. It fails
-// the test if the driver finishes first or the deadline passes.
+// the test if the driver finishes first, if nothing moves for stuckAfter
+// (no mission starts, is dispatched, lands or ends, no frame is posted: a
+// mission that waits that long for its next step is stuck, not slow), or
+// if the deadline passes. The failure reports the task hub and keeps the
+// workers' logs (failureReport).
 func await(t *testing.T, d *driver, done <-chan struct{}, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	lastLog := time.Now()
+	mark, moved := d.progressMark(), time.Now()
 	for !cond() {
+		if m := d.progressMark(); m != mark {
+			mark, moved = m, time.Now()
+		} else if time.Since(moved) > stuckAfter {
+			t.Fatalf("nothing moved for %s while waiting for %s (%s)\n%s", time.Since(moved).Round(time.Second), what, d.progress(), d.c.failureReport(d.oldestOpen(5)))
+		}
 		select {
 		case <-done:
 			if cond() {
 				return
 			}
-			t.Fatalf("the missions were over before %s (%s)", what, d.progress())
+			t.Fatalf("the missions were over before %s (%s)\n%s", what, d.progress(), d.c.failureReport(d.oldestOpen(5)))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s (%s)", timeout, what, d.progress())
+			t.Fatalf("timed out after %s waiting for %s (%s)\n%s", timeout, what, d.progress(), d.c.failureReport(d.oldestOpen(5)))
 		}
 		if time.Since(lastLog) >= 10*time.Second {
 			t.Log(d.progress())
@@ -72,12 +82,28 @@ func TestTwoThenThreeWorkers(t *testing.T) {
 	c.start("worker-1", missions)
 	c.start("worker-2", 0)
 
-	d := newDriver(c, plan{prefix: "scale", missions: missions, concurrency: 40, faultEvery: 10, flyers: 3})
-	ctx, cancel := context.WithTimeout(context.Background(), 210*time.Second)
+	const concurrency = 40
+	d := newDriver(c, plan{prefix: "scale", missions: missions, concurrency: concurrency, faultEvery: 10, flyers: 3})
+	// Deadlines from the work. The driver keeps 40 missions open, so they
+	// run in waves of 40: a wave's drones are dispatched together, fly
+	// together (~35 frames, 2 per 200 ms tick, so ~18 telemetry posts
+	// per flyer and wave, each waiting for the previous) and land
+	// together. A wave took 12-40 s on the loaded 2-core machine, most of
+	// it in those posts, which slow down with the machine: with a build
+	// and the package's tests beside it the whole test took 50-190 s (the
+	// first 100 starts 16-73 s), with no lease lost and no hand-off stuck
+	// in the workers' logs, and a heavier load once missed the fixed 150 s
+	// for the first 100 starts (60 missions ended). A mission
+	// that waits stuckAfter (90 s) for its next step is stuck by this
+	// test's own definition, so each wave gets stuckAfter; a stuck run is
+	// caught sooner, when nothing moves for stuckAfter (await).
+	waves := func(n int) time.Duration { return time.Duration((n+concurrency-1)/concurrency) * stuckAfter }
+	ctx, cancel := context.WithTimeout(context.Background(), waves(missions))
 	defer cancel()
 	done := runAsync(t, ctx, d)
 
-	await(t, d, done, 150*time.Second, "half the missions to start", func() bool { return d.counts.started.Load() >= missions/2 })
+	// 100 started: 60 ended, the first two waves.
+	await(t, d, done, waves(missions/2-concurrency), "half the missions to start", func() bool { return d.counts.started.Load() >= missions/2 })
 	t.Logf("adding worker-3 with %d missions open (%s)", d.open(), d.progress())
 	w3 := c.start("worker-3", 0)
 	joined := d.counts.ended.Load()

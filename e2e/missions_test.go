@@ -89,6 +89,41 @@ type driver struct {
 	ms     []*mission
 	start  time.Time
 	counts struct{ started, dispatched, flown, ended atomic.Int64 }
+
+	// openSince holds the missions started and not over yet, with their
+	// start, for failure reports (the mission fields belong to the
+	// goroutine that drives it).
+	openMu    sync.Mutex
+	openSince map[string]time.Time
+}
+
+// oldestOpen returns up to n missions started and not over yet, oldest first.
+func (d *driver) oldestOpen(n int) []string {
+	d.openMu.Lock()
+	defer d.openMu.Unlock()
+	ids := make([]string, 0, len(d.openSince))
+	for id := range d.openSince {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return d.openSince[ids[i]].Before(d.openSince[ids[j]]) })
+	if len(ids) > n {
+		ids = ids[:n]
+	}
+	return ids
+}
+
+// setOpen records that mission id is open (since start) or over (zero time).
+func (d *driver) setOpen(id string, start time.Time) {
+	d.openMu.Lock()
+	defer d.openMu.Unlock()
+	if d.openSince == nil {
+		d.openSince = map[string]time.Time{}
+	}
+	if start.IsZero() {
+		delete(d.openSince, id)
+	} else {
+		d.openSince[id] = start
+	}
 }
 
 func newDriver(c *cluster, p plan) *driver {
@@ -137,6 +172,15 @@ func (d *driver) run(ctx context.Context) {
 	fwg.Wait()
 }
 
+// progressMark changes whenever a mission moves on or a frame is posted.
+func (d *driver) progressMark() int64 {
+	n := d.counts.started.Load() + d.counts.dispatched.Load() + d.counts.flown.Load() + d.counts.ended.Load()
+	for _, f := range d.fly {
+		n += f.frames.Load()
+	}
+	return n
+}
+
 // progress is a one-line summary of the counters.
 func (d *driver) progress() string {
 	return fmt.Sprintf("%5.1fs: %d started, %d dispatched, %d flown, %d ended of %d",
@@ -171,6 +215,8 @@ func (d *driver) drive(ctx context.Context, i int, m *mission) error {
 	}
 	m.started = time.Now()
 	d.counts.started.Add(1)
+	d.setOpen(m.id, m.started)
+	defer d.setOpen(m.id, time.Time{})
 
 	// Wait for the drone to be dispatched: the custom status then names the
 	// drone and carries the route to fly.

@@ -88,8 +88,25 @@ func verify(t *testing.T, ctx context.Context, d *driver) {
 	if len(shown) > maxReported {
 		shown = shown[:maxReported]
 	}
-	t.Errorf("%d problems with %d of %d missions and the fleet:\n  %s%s", len(problems), countMissions(problems), len(d.ms),
-		strings.Join(shown, "\n  "), more(len(problems)-len(shown)))
+	t.Errorf("%d problems with %d of %d missions and the fleet:\n  %s%s\n%s", len(problems), countMissions(problems), len(d.ms),
+		strings.Join(shown, "\n  "), more(len(problems)-len(shown)), d.c.failureReport(problemMissions(problems)))
+}
+
+// problemMissions lists the missions named by problems, in order.
+func problemMissions(problems []string) []string {
+	var ids []string
+	seen := map[string]bool{}
+	for _, p := range problems {
+		if strings.HasPrefix(p, "fleet:") {
+			continue
+		}
+		id := strings.SplitN(p, " ", 2)[0]
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 func countMissions(problems []string) int {

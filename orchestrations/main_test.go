@@ -1,6 +1,7 @@
 package orchestrations_test
 
 import (
+	"fmt"
 	"os"
 	"testing"
 
@@ -11,7 +12,16 @@ import (
 var azr azurite.Shared
 
 func TestMain(m *testing.M) {
+	// On disk: an in-memory Azurite stalls for tens of seconds when it
+	// sweeps thousands of old queue messages (see backend/azurestorage).
+	dir, err := os.MkdirTemp("", "orchestrations-azurite-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	azr.Options = azurite.Options{Location: dir}
 	code := m.Run()
 	azr.Close()
+	os.RemoveAll(dir)
 	os.Exit(code)
 }

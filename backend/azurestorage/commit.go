@@ -282,6 +282,7 @@ func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, pl
 		}
 		if err := b.sendOutbox(ctx, id, plan.out); err != nil {
 			b.log.Warn("azurestorage: send outbox (its messages are sent again when the instance is next loaded)", "instance", id, "err", err)
+			b.comeBack(id, it.msgs)
 			return
 		}
 		if crashAt(b.hooks.afterSend, id) {
@@ -297,6 +298,7 @@ func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, pl
 		if plan.stashLeft {
 			if err := b.wake(ctx, id); err != nil {
 				b.log.Warn("azurestorage: wake instance for stashed events", "instance", id, "err", err)
+				b.comeBack(id, it.msgs)
 				return
 			}
 		}
@@ -316,6 +318,23 @@ func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, pl
 		blobs = append(blobs, plan.oldBlobs...)
 	}
 	b.deleteBlobs(ctx, blobs)
+}
+
+// comeBack returns an episode's consumed messages to the queue after a
+// post-commit step failed, so that their redelivery makes the next load
+// repeat it (send the outbox again, wake the instance). They are no longer
+// renewed: if the release fails too (storage is away), their lock expires
+// and they come back then. Never leave them held: a message renewed forever
+// and never deleted would keep its instance waiting.
+func (b *Backend) comeBack(id string, msgs []*inMsg) {
+	b.unhold(msgs...)
+	ctx, cancel := context.WithTimeout(b.bg, 30*time.Second)
+	defer cancel()
+	for _, m := range msgs {
+		if err := b.release(ctx, m, time.Second, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
+			b.log.Debug("azurestorage: release after a failed post-commit step (its lock will expire)", "instance", id, "err", err)
+		}
+	}
 }
 
 // buildOutbox turns the episode's decisions into messages, uploading large

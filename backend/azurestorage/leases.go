@@ -50,9 +50,49 @@ import (
 // its buffered messages to the queue; once no work item of the partition is
 // in flight it writes Owner="", Next=<target>, NextUntil=now+LeaseDuration.
 // Only the target may claim the row until NextUntil; after that anyone may.
+// The hand-off completes as soon as the partition's last work item ends
+// (watchDrain), not at the next round, and the target runs its next round
+// early (soonRound) while a hand-off to it is pending: a partition is
+// without a poller for about one request time plus soonRound, instead of
+// up to two rounds (20 s at the default LeaseDuration).
 // A worker that dies keeps nothing: its leases expire after LeaseDuration
 // and the others claim them. A commit by a worker that lost a partition
 // mid-episode is still rejected by the instance sentinel's ETag.
+//
+// The lease invariant, and what the clock is (and is not) trusted with.
+//
+// The lease decides who polls a control queue, nothing more. Every write of
+// an instance's history and status is one entity-group transaction
+// conditional on the instance sentinel's ETag as read when the work item
+// was loaded (fencing): if anyone committed that instance since, the commit
+// fails with ErrWorkItemLockLost and nothing of it is visible. No clock is
+// read in that decision, so two workers that both believe they own a
+// partition (a skewed clock, a process paused past its lease, a renewal
+// whose answer came back after the lease had run out) can at worst both run
+// an episode of an instance: one commit wins, the other is rejected, and its
+// outbound messages, sent only after a successful commit, are never sent
+// (and would be dropped by id if they were). The clock only bounds how
+// often that wasted work can happen.
+//
+// To keep it rare, a lease row's Expires is the time the request that wrote
+// it was sent plus LeaseDuration, and the writer polls the partition only
+// until that send time plus LeaseDuration-pollGuard (see untilFor): a
+// renewal is measured from when it was sent, never from when its answer
+// arrived, so a round that runs late (a slow heartbeat or listing, a
+// storage stall, a CPU-starved process) shortens polling instead of
+// stretching it past the lease. pollGuard is LeaseDuration/6 (5 s at the
+// default 30 s, 0.5 s at 3 s) and covers
+//
+//   - clock skew between workers: we assume any two workers' clocks differ
+//     by less than maxClockSkew = LeaseDuration/12 (2.5 s at the default;
+//     NTP keeps hosts within milliseconds, and test workers share one
+//     clock), since another worker compares Expires with its own clock;
+//   - one dequeue still in flight when polling stops (the other
+//     LeaseDuration/12): a batch dequeued after that is returned to the
+//     queue by the poller, which checks isActive again after the dequeue.
+//
+// A skew larger than that lets two workers poll one partition for a while;
+// fencing keeps the histories right all the same.
 type leaseManager struct {
 	b    *Backend
 	once sync.Once
@@ -68,15 +108,20 @@ type leaseManager struct {
 	// fullPoll[p] whether that dequeue returned a full batch.
 	lastPoll [16]atomic.Int64
 	fullPoll [16]atomic.Bool
+	// watching[p] is set while a watchDrain goroutine runs for p.
+	watching [16]atomic.Bool
 }
 
 // lease is this worker's view of a lease it holds.
 type lease struct {
 	etag     azcore.ETag
-	until    time.Time // when this worker stops trusting it without renewal
+	until    time.Time // when this worker stops polling it without renewal (untilFor)
 	draining string    // worker it is being handed to; "" if none
 	depth    int64
 	lag      time.Duration
+	// received is when this worker claimed it by hand-off (zero
+	// otherwise): see shed.
+	received time.Time
 }
 
 const (
@@ -88,7 +133,34 @@ const (
 	controlBatch = 32
 	// heartbeatRetention is how long a dead worker's heartbeat row stays.
 	heartbeatRetention = time.Hour
+	// drainCheck is how often a draining partition is checked for work in
+	// flight (in memory, no requests).
+	drainCheck = 50 * time.Millisecond
 )
+
+// maxClockSkew is the largest difference between two workers' clocks the
+// lease timing allows for (see the lease invariant above).
+func maxClockSkew(leaseDuration time.Duration) time.Duration { return leaseDuration / 12 }
+
+// pollGuard is how long before its row's Expires a worker stops polling a
+// partition: the clock skew, plus one dequeue in flight.
+func pollGuard(leaseDuration time.Duration) time.Duration {
+	return maxClockSkew(leaseDuration) + leaseDuration/12
+}
+
+// untilFor is how long a lease row written by a request sent at sent lets
+// this worker poll: up to pollGuard before the Expires that request wrote
+// (sent + LeaseDuration), whenever its answer arrives.
+func (lm *leaseManager) untilFor(sent time.Time) time.Time {
+	d := lm.b.opts.LeaseDuration
+	return sent.Add(d - pollGuard(d))
+}
+
+// soonRound is how soon the next round runs when a hand-off to this worker
+// is pending, instead of LeaseDuration/3: 2.5 s at the default 30 s.
+func (lm *leaseManager) soonRound() time.Duration {
+	return max(lm.b.opts.LeaseDuration/12, 250*time.Millisecond)
+}
 
 func newLeaseManager(b *Backend) *leaseManager {
 	return &leaseManager{b: b, owned: map[int]*lease{}, ready: make(chan struct{})}
@@ -129,7 +201,7 @@ func (lm *leaseManager) start() {
 			for {
 				began := time.Now()
 				ctx, cancel := context.WithTimeout(b.bg, b.opts.LeaseDuration/2)
-				err := lm.round(ctx)
+				soon, err := lm.round(ctx)
 				cancel()
 				switch {
 				case err != nil && b.bg.Err() == nil:
@@ -146,7 +218,11 @@ func (lm *leaseManager) start() {
 				default:
 					close(lm.ready)
 				}
-				t := time.NewTimer(max(every-time.Since(began), 0))
+				next := every
+				if soon {
+					next = lm.soonRound()
+				}
+				t := time.NewTimer(max(next-time.Since(began), 0))
 				select {
 				case <-b.bg.Done():
 					t.Stop()
@@ -257,12 +333,12 @@ func (b *Backend) queueLoad(ctx context.Context, p int) (int64, time.Duration, e
 	return int64(n), lag, nil
 }
 
-func (lm *leaseManager) round(ctx context.Context) error {
+// round runs one lease round (see the leaseManager comment). soon asks for
+// the next round early: a hand-off to this worker is pending.
+func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 	b := lm.b
 	me := b.opts.WorkerID
 	start := time.Now()
-	expires := formatTime(start.Add(b.opts.LeaseDuration))
-	until := start.Add(b.opts.LeaseDuration * 5 / 6)
 	// Measuring runs beside the heartbeat and the listing, and may not
 	// hold up the renewals for long.
 	mctx, mcancel := context.WithTimeout(ctx, b.opts.LeaseDuration/6)
@@ -270,13 +346,13 @@ func (lm *leaseManager) round(ctx context.Context) error {
 	go func() { defer close(measured); lm.measure(mctx) }()
 	defer func() { mcancel(); <-measured }()
 	hb := newEntity(workerPK, escapeKey(me))
-	hb["WorkerID"], hb["Expires"] = me, expires
+	hb["WorkerID"], hb["Expires"] = me, formatTime(start.Add(b.opts.LeaseDuration))
 	if _, err := b.leases.UpsertEntity(ctx, hb.marshal(), &aztables.UpsertEntityOptions{UpdateMode: aztables.UpdateModeReplace}); err != nil {
-		return fmt.Errorf("heartbeat: %w", err)
+		return false, fmt.Errorf("heartbeat: %w", err)
 	}
 	rows, err := lm.list(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	<-measured
 	now := time.Now()
@@ -317,6 +393,7 @@ func (lm *leaseManager) round(ctx context.Context) error {
 	type renewal struct {
 		p    int
 		etag azcore.ETag
+		sent time.Time
 		err  error
 	}
 	renewed := make(chan renewal, len(lm.owned))
@@ -324,7 +401,7 @@ func (lm *leaseManager) round(ctx context.Context) error {
 	for p, l := range lm.owned {
 		e, ok := leases[p]
 		if !ok || e.str("Owner") != me {
-			b.log.Warn("azurestorage: lost partition lease", "partition", p)
+			b.log.Warn("azurestorage: lost partition lease", "partition", p, "owner", e.str("Owner"))
 			lm.lose(p)
 			continue
 		}
@@ -332,11 +409,20 @@ func (lm *leaseManager) round(ctx context.Context) error {
 			b.log.Info("azurestorage: hand-off target is gone; keeping partition", "partition", p, "target", l.draining)
 			l.draining = ""
 		}
+		// The row names this worker, so only this worker wrote it: an
+		// ETag other than ours is a write of ours whose answer was lost
+		// (a renewal that timed out on the client but went through, e.g.
+		// during a storage stall). Renew from the row as listed; If-Match
+		// still catches anyone who wrote it since the listing.
+		etag := l.etag
+		if et := e.etag(); et != "" && et != etag {
+			etag = et
+		}
 		pending++
-		row, etag := lm.ownerRow(p, l, expires), l.etag
+		snapshot := *l
 		go func() {
-			etag, err := lm.write(ctx, p, etag, row)
-			renewed <- renewal{p, etag, err}
+			etag, sent, err := lm.writeOwner(ctx, p, etag, &snapshot)
+			renewed <- renewal{p, etag, sent, err}
 		}()
 	}
 	for ; pending > 0; pending-- {
@@ -344,7 +430,10 @@ func (lm *leaseManager) round(ctx context.Context) error {
 		l := lm.owned[r.p]
 		switch {
 		case r.err == nil:
-			l.etag, l.until = r.etag, until
+			l.etag, l.until = r.etag, lm.untilFor(r.sent)
+			if late := time.Since(r.sent); late > b.opts.LeaseDuration/3 {
+				b.log.Warn("azurestorage: lease renewal answered late", "partition", r.p, "after", late, "pollable for", time.Until(l.until))
+			}
 			lm.setActive(r.p, l)
 		case transient(r.err):
 			errs = append(errs, r.err) // try again next round; until still bounds polling
@@ -404,16 +493,21 @@ func (lm *leaseManager) round(ctx context.Context) error {
 		if !handed && !ours && (holder[p] != "" || held >= share) {
 			continue
 		}
-		l := &lease{until: until}
+		// The claim keeps the load the previous owner published, so the
+		// partition weighs the same for everyone until this worker has
+		// measured it itself.
+		l := &lease{}
 		if exists {
 			l.depth, l.lag = e.int64("Depth"), time.Duration(e.int64("LagMs"))*time.Millisecond
 		}
-		row := lm.ownerRow(p, l, expires)
 		var etag azcore.ETag
+		var sent time.Time
 		var err error
 		if exists {
-			etag, err = lm.write(ctx, p, e.etag(), row)
+			etag, sent, err = lm.writeOwner(ctx, p, e.etag(), l)
 		} else {
+			sent = time.Now()
+			row := lm.ownerRow(p, l, formatTime(sent.Add(b.opts.LeaseDuration)))
 			var resp aztables.AddEntityResponse
 			if resp, err = b.leases.AddEntity(ctx, row.marshal(), nil); err == nil {
 				etag = resp.ETag
@@ -425,7 +519,10 @@ func (lm *leaseManager) round(ctx context.Context) error {
 			}
 			continue
 		}
-		l.etag = etag
+		l.etag, l.until = etag, lm.untilFor(sent)
+		if handed {
+			l.received = sent
+		}
 		lm.owned[p] = l
 		lm.setActive(p, l)
 		if !handed && !ours {
@@ -435,7 +532,22 @@ func (lm *leaseManager) round(ctx context.Context) error {
 		b.log.Debug("azurestorage: claimed partition", "partition", p, "from", e.str("Owner"), "handed", handed)
 	}
 
-	// Finish hand-offs whose partition has drained.
+	// A hand-off to this worker that it could not claim yet (still
+	// draining, or its claim failed): look again soon rather than in
+	// LeaseDuration/3, so the partition is not left without a poller.
+	for p, e := range leases {
+		if _, ok := lm.owned[p]; ok {
+			continue
+		}
+		toMe := e.str("Owner") != "" && e.str("Draining") == me && parseTime(e.str("Expires")).After(now) ||
+			e.str("Owner") == "" && e.str("Next") == me && parseTime(e.str("NextUntil")).After(now)
+		if toMe {
+			soon = true
+		}
+	}
+
+	// Finish hand-offs whose partition has drained; watchDrain finishes
+	// the others as soon as their last work item ends.
 	draining := false
 	for p, l := range lm.owned {
 		if l.draining == "" {
@@ -443,6 +555,7 @@ func (lm *leaseManager) round(ctx context.Context) error {
 		}
 		if b.partitionBusy(p) {
 			draining = true
+			lm.watchDrain(p, l.draining)
 			continue
 		}
 		if err := lm.handOff(ctx, p, l); err != nil {
@@ -451,19 +564,28 @@ func (lm *leaseManager) round(ctx context.Context) error {
 		}
 	}
 	if !draining {
-		lm.shed(ctx, expires, live, holder, weight)
+		lm.shed(ctx, live, holder, weight)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%d lease writes failed, e.g.: %w", len(errs), errs[0])
+		return soon, fmt.Errorf("%d lease writes failed, e.g.: %w", len(errs), errs[0])
 	}
-	return nil
+	return soon, nil
 }
 
 // shed starts handing partitions to lighter workers while this worker is
 // the heaviest and a move narrows the gap (see the leaseManager comment).
 // It runs with lm.mu held.
-func (lm *leaseManager) shed(ctx context.Context, expires string, live map[string]bool, holder map[int]string, weight map[int]float64) {
+//
+// A loaded partition (weight over 1) that this worker received by hand-off
+// less than a LeaseDuration ago is not shed: the weights that justified the
+// move were measured by the previous owner before it, and the previous
+// owner's own weight drops as soon as it has one hot partition fewer to
+// serve, so without this pause a hot partition could be sent straight back
+// and forth, each trip leaving it unpolled for a drain and a claim. Idle
+// partitions (weight 1, balancing by count) move at once.
+func (lm *leaseManager) shed(ctx context.Context, live map[string]bool, holder map[int]string, weight map[int]float64) {
 	me := lm.b.opts.WorkerID
+	settled := time.Now().Add(-lm.b.opts.LeaseDuration)
 	load := map[string]float64{}
 	for w := range live {
 		load[w] = 0
@@ -492,6 +614,9 @@ func (lm *leaseManager) shed(ctx context.Context, expires string, live map[strin
 			if l.draining != "" || weight[p]+1 > gap {
 				continue
 			}
+			if weight[p] > 1 && l.received.After(settled) {
+				continue
+			}
 			if pick < 0 || weight[p] > weight[pick] || weight[p] == weight[pick] && p > pick {
 				pick = p
 			}
@@ -499,7 +624,7 @@ func (lm *leaseManager) shed(ctx context.Context, expires string, live map[strin
 		if pick < 0 {
 			return
 		}
-		if !lm.startHandOff(ctx, pick, lightest, expires) {
+		if !lm.startHandOff(ctx, pick, lightest) {
 			return
 		}
 		load[me] -= weight[pick]
@@ -510,12 +635,12 @@ func (lm *leaseManager) shed(ctx context.Context, expires string, live map[strin
 // startHandOff marks partition p as draining towards target, stops polling
 // it and returns its buffered messages; the hand-off completes in handOff
 // once no work item of p is in flight (possibly at once).
-func (lm *leaseManager) startHandOff(ctx context.Context, p int, target, expires string) bool {
+func (lm *leaseManager) startHandOff(ctx context.Context, p int, target string) bool {
 	b := lm.b
 	l := lm.owned[p]
 	prev := l.draining
 	l.draining = target
-	etag, err := lm.write(ctx, p, l.etag, lm.ownerRow(p, l, expires))
+	etag, sent, err := lm.writeOwner(ctx, p, l.etag, l)
 	if err != nil {
 		l.draining = prev
 		if !transient(err) {
@@ -523,16 +648,80 @@ func (lm *leaseManager) startHandOff(ctx context.Context, p int, target, expires
 		}
 		return false
 	}
-	l.etag = etag
+	l.etag, l.until = etag, lm.untilFor(sent)
 	lm.setActive(p, l)
 	b.log.Info("azurestorage: shedding partition", "partition", p, "to", target, "depth", l.depth, "lag", l.lag)
 	b.dropPending(p)
-	if !b.partitionBusy(p) {
-		if err := lm.handOff(ctx, p, l); err != nil {
-			b.log.Debug("azurestorage: hand-off deferred", "partition", p, "err", err)
-		}
+	if b.partitionBusy(p) {
+		lm.watchDrain(p, target)
+		return true
+	}
+	if err := lm.handOff(ctx, p, l); err != nil {
+		b.log.Debug("azurestorage: hand-off deferred", "partition", p, "err", err)
 	}
 	return true
+}
+
+// watchDrain finishes the hand-off of partition p to target as soon as no
+// work item of p is in flight, instead of at the next round (up to
+// LeaseDuration/3 later). It checks in memory every drainCheck, and looks
+// at the lease (under lm.mu, which a round holds while it writes) only when
+// the partition has drained or its poll limit has passed; it gives up when
+// the hand-off is no longer pending (done, cancelled, lease lost), leaving
+// the rest to the rounds. At most one watcher runs per partition. It is
+// called with lm.mu held.
+func (lm *leaseManager) watchDrain(p int, target string) {
+	if !lm.watching[p].CompareAndSwap(false, true) {
+		return
+	}
+	b := lm.b
+	// pending reports whether the hand-off still waits, and until when
+	// this worker may hold on to the lease without another round.
+	pending := func() (*lease, time.Time, bool) {
+		l := lm.owned[p]
+		if l == nil || l.draining != target || !time.Now().Before(l.until) {
+			return nil, time.Time{}, false
+		}
+		return l, l.until, true
+	}
+	_, until, ok := pending()
+	if !ok {
+		lm.watching[p].Store(false)
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		defer lm.watching[p].Store(false)
+		t := time.NewTicker(drainCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.bg.Done():
+				return
+			case <-t.C:
+			}
+			busy := b.partitionBusy(p)
+			if busy && time.Now().Before(until) {
+				continue
+			}
+			lm.mu.Lock()
+			l, u, ok := pending()
+			if ok && !busy && !b.partitionBusy(p) {
+				ctx, cancel := context.WithTimeout(b.bg, b.opts.LeaseDuration/3)
+				if err := lm.handOff(ctx, p, l); err != nil {
+					b.log.Debug("azurestorage: hand-off deferred to the next round", "partition", p, "err", err)
+				}
+				cancel()
+				ok = false
+			}
+			lm.mu.Unlock()
+			if !ok {
+				return
+			}
+			until = u // renewed by a round meanwhile: keep waiting
+		}
+	}()
 }
 
 // handOff releases a drained partition for its target.
@@ -571,6 +760,16 @@ func (lm *leaseManager) ownerRow(p int, l *lease, expires string) entity {
 	row.setInt64("Depth", l.depth)
 	row.setInt64("LagMs", l.lag.Milliseconds())
 	return row
+}
+
+// writeOwner writes lease row p as held by this worker with l's state,
+// If-Match etag. Its Expires is measured from the moment the request is
+// sent, which writeOwner returns with the new ETag (see untilFor).
+func (lm *leaseManager) writeOwner(ctx context.Context, p int, etag azcore.ETag, l *lease) (azcore.ETag, time.Time, error) {
+	sent := time.Now()
+	row := lm.ownerRow(p, l, formatTime(sent.Add(lm.b.opts.LeaseDuration)))
+	newTag, err := lm.write(ctx, p, etag, row)
+	return newTag, sent, err
 }
 
 // write replaces lease row p if its ETag is still etag.
@@ -632,4 +831,118 @@ func (lm *leaseManager) releaseAll(ctx context.Context) {
 		lm.b.leases.DeleteEntity(ctx, workerPK, escapeKey(lm.b.opts.WorkerID), nil)
 	default:
 	}
+}
+
+// LeaseRow is a partition's lease row as stored in <Hub>Partitions, for
+// diagnostics (see docs/storage-layout.md).
+type LeaseRow struct {
+	Partition int
+	Owner     string    // "" when released
+	Expires   time.Time // by the owner's clock
+	Draining  string    // worker it is being handed to
+	Next      string    // worker it was released for, until NextUntil
+	NextUntil time.Time
+	Depth     int64 // load published by the owner
+	LagMs     int64
+}
+
+// WorkerHeartbeat is a worker's heartbeat row.
+type WorkerHeartbeat struct {
+	WorkerID string
+	Expires  time.Time
+}
+
+// Leases reads the hub's lease rows (in partition order) and worker
+// heartbeats in one query, for diagnostics: unlike HubInfo it shows expired
+// and released rows, hand-offs and the published load.
+func (b *Backend) Leases(ctx context.Context) ([]LeaseRow, []WorkerHeartbeat, error) {
+	rows, err := b.lm.list(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var leases []LeaseRow
+	var hbs []WorkerHeartbeat
+	for _, e := range rows {
+		switch e.str("PartitionKey") {
+		case leasePK:
+			p, ok := leasePartition(e.str("RowKey"))
+			if !ok {
+				continue
+			}
+			leases = append(leases, LeaseRow{
+				Partition: p, Owner: e.str("Owner"), Expires: parseTime(e.str("Expires")),
+				Draining: e.str("Draining"), Next: e.str("Next"), NextUntil: parseTime(e.str("NextUntil")),
+				Depth: e.int64("Depth"), LagMs: e.int64("LagMs"),
+			})
+		case workerPK:
+			id := e.str("WorkerID")
+			if id == "" {
+				id = e.str("RowKey")
+			}
+			hbs = append(hbs, WorkerHeartbeat{WorkerID: id, Expires: parseTime(e.str("Expires"))})
+		}
+	}
+	sort.Slice(leases, func(i, j int) bool { return leases[i].Partition < leases[j].Partition })
+	sort.Slice(hbs, func(i, j int) bool { return hbs[i].WorkerID < hbs[j].WorkerID })
+	return leases, hbs, nil
+}
+
+// FormatLeases renders lease rows and heartbeats one per line, times
+// relative to now ("expires +2.1s", "expired -40.3s").
+func FormatLeases(leases []LeaseRow, hbs []WorkerHeartbeat, now time.Time) string {
+	rel := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return fmt.Sprintf("%+.1fs", t.Sub(now).Seconds())
+	}
+	var sb strings.Builder
+	for _, l := range leases {
+		owner := l.Owner
+		if owner == "" {
+			owner = "(released)"
+		}
+		fmt.Fprintf(&sb, "  control-%02d owner=%s expires=%s", l.Partition, owner, rel(l.Expires))
+		if l.Draining != "" {
+			fmt.Fprintf(&sb, " draining-to=%s", l.Draining)
+		}
+		if l.Next != "" {
+			fmt.Fprintf(&sb, " next=%s next-until=%s", l.Next, rel(l.NextUntil))
+		}
+		fmt.Fprintf(&sb, " depth=%d lag=%dms\n", l.Depth, l.LagMs)
+	}
+	for _, h := range hbs {
+		fmt.Fprintf(&sb, "  worker %s heartbeat expires=%s\n", h.WorkerID, rel(h.Expires))
+	}
+	return sb.String()
+}
+
+// localView describes the leases this worker believes it holds and until
+// when it may poll each, for test failure messages: a worker whose view
+// disagrees with the rows has not run a round since the change.
+func (lm *leaseManager) localView() string {
+	lm.mu.Lock()
+	defer lm.mu.Unlock()
+	now := time.Now()
+	ps := make([]int, 0, len(lm.owned))
+	for p := range lm.owned {
+		ps = append(ps, p)
+	}
+	sort.Ints(ps)
+	var parts []string
+	for _, p := range ps {
+		l := lm.owned[p]
+		s := fmt.Sprintf("%d(until %+.1fs", p, l.until.Sub(now).Seconds())
+		if !lm.isActive(p) {
+			s += ", not polled"
+		}
+		if l.draining != "" {
+			s += ", draining to " + l.draining
+		}
+		parts = append(parts, s+")")
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
 }

@@ -3,6 +3,7 @@ package azurestorage
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"testing"
 
@@ -13,8 +14,19 @@ import (
 var azr azurite.Shared
 
 func TestMain(m *testing.M) {
+	// On disk, not in memory: in memory, Azurite keeps every queue message
+	// ever written as an extent and frees them in a sweep that blocks it
+	// for tens of seconds once a few thousand have piled up (the tests here
+	// write tens of thousands), which made unrelated tests time out.
+	dir, err := os.MkdirTemp("", "azurestorage-azurite-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	azr.Options = azurite.Options{Location: dir}
 	code := m.Run()
 	azr.Close()
+	os.RemoveAll(dir)
 	os.Exit(code)
 }
 

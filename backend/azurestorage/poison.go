@@ -121,6 +121,9 @@ func (b *Backend) DeadLetterActivityWorkItem(ctx context.Context, wi *dtbackend.
 // start, else one rebuilt from its status row, so its history says what
 // failed.
 func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.TaskFailureDetails, start *dtbackend.HistoryEvent) error {
+	// Its outbox (an answer to a parent) has no consumed message whose
+	// redelivery would send it again: ride out an outage instead.
+	ctx = retryUntil(ctx, time.Now().Add(b.opts.LockTimeout))
 	for attempt := 0; ; attempt++ {
 		st, err := b.load(ctx, id)
 		if err != nil {
