@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -104,8 +106,8 @@ func DecodeBatch(r io.Reader) ([]DecodedFrame, error) {
 	if err := dec.Decode(&b); err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrBadBatch, describeJSONError(err))
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: unexpected data after the JSON object", ErrBadBatch)
+	if err := trailing(dec, r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadBatch, err)
 	}
 	if b.Frames == nil {
 		return nil, fmt.Errorf("%w: \"frames\" is required: an array of telemetry frames", ErrBadBatch)
@@ -128,12 +130,25 @@ func DecodeFrame(raw []byte) (Frame, error) {
 	var f Frame
 	if err := dec.Decode(&f); err != nil {
 		// Keep what identifies the frame, so its verdict can say which it was.
+		// A seq that is not a whole number is left out rather than
+		// reported back as 0.
 		var id struct {
-			DeviceID string `json:"deviceId"`
-			Seq      *int64 `json:"seq"`
+			DeviceID any `json:"deviceId"`
+			Seq      any `json:"seq"`
 		}
-		_ = json.Unmarshal(raw, &id)
-		return Frame{DeviceID: id.DeviceID, Seq: id.Seq}, errors.New(describeJSONError(err))
+		idDec := json.NewDecoder(bytes.NewReader(raw))
+		idDec.UseNumber()
+		_ = idDec.Decode(&id)
+		kept := Frame{}
+		if s, ok := id.DeviceID.(string); ok {
+			kept.DeviceID = s
+		}
+		if n, ok := id.Seq.(json.Number); ok {
+			if v, err := strconv.ParseInt(n.String(), 10, 64); err == nil {
+				kept.Seq = &v
+			}
+		}
+		return kept, errors.New(describeJSONError(err))
 	}
 	return f, f.Validate()
 }
@@ -229,11 +244,14 @@ func describeJSONError(err error) string {
 	case errors.As(err, &syn):
 		return fmt.Sprintf("invalid JSON at byte %d: %s", syn.Offset, syn.Error())
 	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			return fmt.Sprintf("expected %s, got %s", jsonKind(typ.Type.String()), typ.Value)
+		msg := fmt.Sprintf("expected %s, got %s", jsonKind(typ.Type.String()), typ.Value)
+		if num, ok := strings.CutPrefix(typ.Value, "number "); ok {
+			msg = describeNumber(typ.Type, num)
 		}
-		return fmt.Sprintf("field %q: expected %s, got %s", field, jsonKind(typ.Type.String()), typ.Value)
+		if typ.Field == "" {
+			return msg
+		}
+		return fmt.Sprintf("field %q: %s", typ.Field, msg)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ")
 	}
@@ -242,6 +260,24 @@ func describeJSONError(err error) string {
 		return fmt.Sprintf("time %q is not RFC 3339 (e.g. 2026-11-22T10:00:00Z)", te.Value)
 	}
 	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// describeNumber explains why a JSON number does not fit a Go number type:
+// a fraction or exponent where a whole number is wanted, or a value out of
+// the type's range.
+func describeNumber(t reflect.Type, num string) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		if strings.ContainsAny(num, ".eE") {
+			return fmt.Sprintf("expected a whole number written without a fraction or exponent, got %s", num)
+		}
+		return fmt.Sprintf("%s is out of range: at most %d", num, int64(1)<<(t.Bits()-1)-1)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return fmt.Sprintf("expected a whole number from 0, got %s", num)
+	case reflect.Float32, reflect.Float64:
+		return fmt.Sprintf("%s is out of range for a number", num)
+	}
+	return fmt.Sprintf("expected %s, got number %s", jsonKind(t.String()), num)
 }
 
 func jsonKind(goType string) string {
@@ -267,8 +303,25 @@ func DecodeStrict(r io.Reader, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return errors.New(describeJSONError(err))
 	}
-	if dec.More() {
-		return errors.New("unexpected data after the JSON object")
+	return trailing(dec, r)
+}
+
+// trailing reports anything but white space after the JSON value dec read
+// from r (dec.More misses a stray '}' or ']').
+func trailing(dec *json.Decoder, r io.Reader) error {
+	rest, err := io.ReadAll(io.MultiReader(dec.Buffered(), r))
+	if err != nil {
+		return err
+	}
+	if extra := bytes.TrimSpace(rest); len(extra) > 0 {
+		return fmt.Errorf("unexpected data after the JSON object at byte %d: %q", dec.InputOffset()+int64(len(rest)-len(bytes.TrimLeft(rest, " \t\r\n"))), capText(string(extra), 20))
 	}
 	return nil
+}
+
+func capText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

@@ -116,16 +116,67 @@ func (h *handler) accepted(w http.ResponseWriter, r *http.Request, sc scope, id 
 	})
 }
 
-func startOptions(r *http.Request) ([]api.NewOrchestrationOptions, error) {
-	var opts []api.NewOrchestrationOptions
-	if s := r.URL.Query().Get("startAt"); s != "" {
-		t, err := time.Parse(time.RFC3339, s)
-		if err != nil {
-			return nil, fmt.Errorf("startAt %q is not an RFC 3339 time (e.g. 2026-11-22T12:00:00Z)", s)
-		}
-		opts = append(opts, api.WithStartTime(t))
+// queryValues parses the request's query, naming the parameter whose
+// percent-encoding is broken (r.URL.Query drops it silently).
+func queryValues(r *http.Request) (url.Values, error) {
+	v, err := url.ParseQuery(r.URL.RawQuery)
+	if err == nil {
+		return v, nil
 	}
-	return opts, nil
+	for _, part := range strings.Split(r.URL.RawQuery, "&") {
+		key, value, _ := strings.Cut(part, "=")
+		name, kerr := url.QueryUnescape(key)
+		if kerr != nil {
+			return nil, fmt.Errorf("query parameter %q is not valid percent-encoding", capEcho(key, 100))
+		}
+		if _, verr := url.QueryUnescape(value); verr != nil {
+			return nil, fmt.Errorf("query parameter %s: %q is not valid percent-encoding (write %%25 for a literal %%)", name, capEcho(value, 100))
+		}
+	}
+	return nil, fmt.Errorf("the query string is not valid: %v", err)
+}
+
+// startOptions reads startAt; at is zero when there is none.
+func startOptions(r *http.Request) (opts []api.NewOrchestrationOptions, at time.Time, err error) {
+	q, err := queryValues(r)
+	if err != nil {
+		return nil, at, err
+	}
+	if s := q.Get("startAt"); s != "" {
+		at, err = time.Parse(time.RFC3339, s)
+		if err != nil {
+			return nil, at, fmt.Errorf("startAt %q is not an RFC 3339 time (e.g. 2026-11-22T12:00:00Z)", s)
+		}
+		opts = append(opts, api.WithStartTime(at))
+	}
+	return opts, at, nil
+}
+
+// startedMission is the input a mission is started with: the orchestration
+// reads the MissionInput part; StartAt records the request's startAt ("" for
+// none) so that a retry can be checked against it. It is nil in inputs
+// written before it existed and after a continue-as-new, which are then not
+// checked.
+type startedMission struct {
+	orchestrations.MissionInput
+	StartAt *string `json:"startAt,omitempty"`
+}
+
+func startText(at time.Time) string {
+	if at.IsZero() {
+		return ""
+	}
+	return at.UTC().Format(time.RFC3339Nano)
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// sameMission reports whether two mission requests ask for the same
+// mission, comparing times as instants (the same deadline may be written
+// with any offset).
+func sameMission(a, b domain.MissionRequest) bool {
+	a.Deadline, b.Deadline = a.Deadline.UTC(), b.Deadline.UTC()
+	return a.Equivalent(&b)
 }
 
 func (h *handler) startMission(w http.ResponseWriter, r *http.Request) {
@@ -142,16 +193,22 @@ func (h *handler) startMission(w http.ResponseWriter, r *http.Request) {
 		badInput(w, err)
 		return
 	}
-	opts, err := startOptions(r)
+	opts, startAt, err := startOptions(r)
 	if err != nil {
 		problem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !startAt.IsZero() && !startAt.Before(req.Deadline) {
+		problem(w, http.StatusBadRequest, fmt.Sprintf("startAt %s is not before the deadline %s: the mission could never be on time",
+			startAt.Format(time.RFC3339), req.Deadline.Format(time.RFC3339)),
+			FieldProblem{Field: "startAt", Message: "must be before the deadline"})
 		return
 	}
 	if req.MissionID == "" {
 		req.MissionID = uuid.NewString()
 	}
 	sc := scope{name: orchestrations.DeliveryMissionName, base: "/api/missions"}
-	in := orchestrations.MissionInput{Request: req, Settings: h.opts.Mission}
+	in := startedMission{MissionInput: orchestrations.MissionInput{Request: req, Settings: h.opts.Mission}, StartAt: ptrTo(startText(startAt))}
 	opts = append(opts, api.WithInstanceID(api.InstanceID(req.MissionID)), api.WithInput(in))
 	_, err = h.opts.Client.ScheduleNewOrchestration(r.Context(), orchestrations.DeliveryMissionName, opts...)
 	if err != nil && !errors.Is(err, api.ErrDuplicateInstance) {
@@ -166,9 +223,21 @@ func (h *handler) startMission(w http.ResponseWriter, r *http.Request) {
 			h.storageError(w, r, "start mission", ferr)
 			return
 		}
-		var existing orchestrations.MissionInput
-		if md.Name != orchestrations.DeliveryMissionName || json.Unmarshal([]byte(md.SerializedInput), &existing) != nil || !existing.Request.Equivalent(&req) {
+		var existing startedMission
+		if md.Name != orchestrations.DeliveryMissionName || json.Unmarshal([]byte(md.SerializedInput), &existing) != nil || !sameMission(existing.Request, req) {
 			problem(w, http.StatusConflict, fmt.Sprintf("mission %q already exists with a different request; choose another missionId or omit it", req.MissionID))
+			return
+		}
+		if existing.StartAt != nil && *existing.StartAt != startText(startAt) {
+			was, now := *existing.StartAt, startText(startAt)
+			if was == "" {
+				was = "none (it started at once)"
+			}
+			if now == "" {
+				now = "none"
+			}
+			problem(w, http.StatusConflict, fmt.Sprintf("mission %q already exists with startAt %s; this request's startAt is %s; repeat the original startAt, or choose another missionId", req.MissionID, was, now),
+				FieldProblem{Field: "startAt", Message: "differs from the existing mission's"})
 			return
 		}
 	} else {
@@ -196,7 +265,7 @@ func (h *handler) startGeneric(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	opts, err := startOptions(r)
+	opts, _, err := startOptions(r)
 	if err != nil {
 		problem(w, http.StatusBadRequest, err.Error())
 		return
@@ -325,8 +394,9 @@ func rawJSON(s string) json.RawMessage {
 
 func (h *handler) statusBody(sc scope, md *api.OrchestrationMetadata) Status {
 	input := rawJSON(md.SerializedInput)
-	if sc.name == orchestrations.DeliveryMissionName {
-		// Clients sent the request; the settings are the worker's business.
+	if md.Name == orchestrations.DeliveryMissionName {
+		// Clients sent the request; the settings are the worker's business,
+		// on every route that shows the mission (/api/instances too).
 		var in orchestrations.MissionInput
 		if json.Unmarshal([]byte(md.SerializedInput), &in) == nil {
 			input, _ = json.Marshal(in.Request)
@@ -384,7 +454,10 @@ type ListPage struct {
 }
 
 func parseQuery(r *http.Request, sc scope) (taskhub.Query, error) {
-	v := r.URL.Query()
+	v, err := queryValues(r)
+	if err != nil {
+		return taskhub.Query{}, err
+	}
 	q := taskhub.Query{Name: sc.name, InstanceIDPrefix: v.Get("instanceIdPrefix")}
 	if s := v.Get("runtimeStatus"); s != "" {
 		for _, part := range strings.Split(s, ",") {
@@ -449,7 +522,12 @@ func (h *handler) list(sc scope) http.HandlerFunc {
 // when it is too long or not printable text: it is stored in the history
 // and, on a terminate, becomes the instance's output.
 func reason(w http.ResponseWriter, r *http.Request) (string, bool) {
-	rs := r.URL.Query().Get("reason")
+	q, err := queryValues(r)
+	if err != nil {
+		problem(w, http.StatusBadRequest, err.Error())
+		return "", false
+	}
+	rs := q.Get("reason")
 	if rs == "" {
 		return "", true
 	}

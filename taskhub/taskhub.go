@@ -8,7 +8,9 @@
 package taskhub
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -95,23 +97,48 @@ type Cursor struct {
 	ID      string `json:"i"`
 }
 
+// cursorToken is a token's JSON: the cursor and a check that marks it as one
+// this service issued, so a token made up or taken from another service is
+// refused instead of silently listing from the wrong place.
+type cursorToken struct {
+	Created string `json:"c"`
+	ID      string `json:"i"`
+	Check   string `json:"k"`
+}
+
+func (c Cursor) check() string {
+	sum := sha256.Sum256([]byte("dronehub continuation token v1\x00" + c.Created + "\x00" + c.ID))
+	return base64.RawURLEncoding.EncodeToString(sum[:9])
+}
+
 // Encode returns the opaque token for c.
 func (c Cursor) Encode() string {
-	b, _ := json.Marshal(c)
+	b, _ := json.Marshal(cursorToken{Created: c.Created, ID: c.ID, Check: c.check()})
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// DecodeCursor parses a continuation token.
+// DecodeCursor parses a continuation token; any token Encode did not return
+// is refused.
 func DecodeCursor(token string) (Cursor, error) {
-	var c Cursor
+	var t cursorToken
 	b, err := base64.RawURLEncoding.DecodeString(token)
 	if err == nil {
-		err = json.Unmarshal(b, &c)
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(&t)
 	}
-	if err != nil || c.ID == "" {
-		return Cursor{}, fmt.Errorf("%w: continuation token %q is not one this service issued; start again without it", ErrInvalidQuery, token)
+	c := Cursor{Created: t.Created, ID: t.ID}
+	if err != nil || c.ID == "" || c.Created == "" || t.Check != c.check() || c.Encode() != token {
+		return Cursor{}, fmt.Errorf("%w: continuationToken %q is not one this service issued; start again without it", ErrInvalidQuery, capToken(token))
 	}
 	return c, nil
+}
+
+func capToken(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "..."
+	}
+	return s
 }
 
 var allStatuses = []api.OrchestrationStatus{

@@ -8,11 +8,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -22,7 +24,11 @@ import (
 
 // client talks to a dronehub HTTP API.
 type client struct {
-	base   string
+	base string
+	// bases, when set (simulate), are worker URLs to fail over between;
+	// at indexes the one in use.
+	bases  []string
+	at     atomic.Int64
 	key    string
 	http   *http.Client
 	asJSON bool
@@ -90,9 +96,10 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		}
 		rd = bytes.NewReader(raw)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.base, "/")+path, rd)
+	base := c.current()
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, rd)
 	if err != nil {
-		return 0, nil, fmt.Errorf("--url %q: %w", c.base, err)
+		return 0, nil, fmt.Errorf("--url %q: %w", base, err)
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -102,7 +109,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, nil, fmt.Errorf("cannot reach dronehub at %s (is the worker running? set --url): %w", c.base, err)
+		return 0, nil, &unreachable{base: base, err: err}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -120,7 +127,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		if raw, ok := out.(*json.RawMessage); ok {
 			*raw = append((*raw)[:0], data...)
 		} else if err := json.Unmarshal(data, out); err != nil {
-			return resp.StatusCode, resp.Header, fmt.Errorf("unexpected answer from %s: %w", c.base, err)
+			return resp.StatusCode, resp.Header, fmt.Errorf("unexpected answer from %s: %w", base, err)
 		}
 	}
 	return resp.StatusCode, resp.Header, nil
@@ -139,7 +146,8 @@ Commands:
              [--deadline 30m|RFC3339] [--id ID] [--drone ID] [--expedited] | --file request.json
   status     ID [--history]
   list       [--status Running,Completed] [--prefix P] [--top N] [--all]
-  raise      ID EVENT [JSON]
+  raise      ID EVENT [JSON]       only events the worker declares public; missions declare
+                                   none by default, so this answers 403 (use cancel/terminate)
   cancel     ID [--reason TEXT]    stop the mission and compensate
   terminate  ID [--reason TEXT]    stop the mission where it stands, no compensation
   suspend    ID [--reason TEXT]
@@ -199,6 +207,10 @@ func (a *App) mission(ctx context.Context, args []string) error {
 			body = []byte(pos[2])
 		}
 		if _, _, err := c.do(ctx, http.MethodPost, "/api/missions/"+url.PathEscape(pos[0])+"/events/"+url.PathEscape(pos[1]), body, nil); err != nil {
+			var ae *apiError
+			if errors.As(err, &ae) && ae.status == http.StatusForbidden {
+				return fmt.Errorf("%w\nevent %q cannot be raised on mission %s: missions declare no public events unless the worker lists them in worker.Config.PublicEvents; to stop a mission use `dronehub mission cancel %s` (compensates) or `terminate`", err, pos[1], pos[0], pos[0])
+			}
 			return err
 		}
 		return c.done(map[string]string{"id": pos[0], "event": pos[1], "result": "raised"}, "event %s raised on mission %s\n", pos[1], pos[0])
@@ -257,11 +269,13 @@ func parseLatLon(flagName, s string) (*domain.LatLon, error) {
 	}
 	la, err1 := strconv.ParseFloat(strings.TrimSpace(lat), 64)
 	lo, err2 := strconv.ParseFloat(strings.TrimSpace(lon), 64)
-	if err1 != nil || err2 != nil {
-		return nil, fmt.Errorf("--%s %q: want LAT,LON as numbers, e.g. 47.6405,-122.1296", flagName, s)
+	if err1 != nil || err2 != nil || !finite(la) || !finite(lo) {
+		return nil, fmt.Errorf("--%s %q: want LAT,LON as finite numbers, e.g. 47.6405,-122.1296", flagName, s)
 	}
 	return &domain.LatLon{Lat: la, Lon: lo}, nil
 }
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
 func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, c *client, args []string) error {
 	var (
@@ -302,6 +316,9 @@ func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, c *client, arg
 		if pickup == "" || dropoff == "" || pkg == "" {
 			return errors.New("mission start needs --pickup, --dropoff and --package (or --file)")
 		}
+		if !finite(weight) {
+			return fmt.Errorf("--weight %v: want a finite number of kg, e.g. 1.5", weight)
+		}
 		if req.Pickup, err = parseLatLon("pickup", pickup); err != nil {
 			return err
 		}
@@ -315,13 +332,37 @@ func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, c *client, arg
 		} else {
 			return fmt.Errorf("--deadline %q: want a duration (30m) or an RFC 3339 time", deadline)
 		}
-		body, _ = json.Marshal(req)
+		if body, err = json.Marshal(req); err != nil {
+			return fmt.Errorf("mission start: cannot encode the request: %w", err)
+		}
 	}
 	var acc httpapi.Accepted
 	if _, _, err := c.do(ctx, http.MethodPost, "/api/missions", body, &acc); err != nil {
 		return err
 	}
-	return c.done(acc, "mission %s started\nstatus: %s\n", acc.ID, acc.StatusQueryGetURI)
+	return c.done(acc, "mission %s started\nstatus: %s\n", acc.ID, c.resolve(acc.StatusQueryGetURI))
+}
+
+// resolve makes a URL from an answer absolute against --url: a worker
+// without --public-url answers with relative URLs.
+// A path from the root ("/api/missions/m-1") is joined to --url the way
+// requests are, so a --url with a path prefix (a reverse proxy) keeps it.
+func (c *client) resolve(ref string) string {
+	if u, err := url.Parse(ref); err != nil || u.IsAbs() || ref == "" {
+		return ref
+	}
+	if strings.HasPrefix(ref, "/") && !strings.HasPrefix(ref, "//") {
+		return strings.TrimSuffix(c.base, "/") + ref
+	}
+	base, err := url.Parse(strings.TrimSuffix(c.base, "/") + "/")
+	if err != nil {
+		return ref
+	}
+	u, err := base.Parse(ref)
+	if err != nil {
+		return ref
+	}
+	return u.String()
 }
 
 func (a *App) missionList(ctx context.Context, fs *flag.FlagSet, c *client, args []string) error {

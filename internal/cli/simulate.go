@@ -8,10 +8,13 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/httpapi"
@@ -37,7 +40,11 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 	fs.Float64Var(&faultAt, "fault-at", 0.3, "fraction of the route flown (0-1) when the failure strikes")
 	fs.IntVar(&faulty, "faulty", 0, "how many of the drones get the failure (default all)")
 	fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
+	fs.Lookup("url").Usage = "dronehub HTTP API base URL; several, comma-separated, to fail over between workers"
 	if err := a.parse(fs, args); err != nil {
+		return err
+	}
+	if err := c.setBases(); err != nil {
 		return err
 	}
 	fault, err := simulator.ParseFault(faultName)
@@ -58,6 +65,20 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
+	// Every request survives a worker restart, a storage outage (503) or
+	// load shedding (429): it is resent, to the next --url when there are
+	// several, with back-off. Each is idempotent: missions get an id here,
+	// and a resent telemetry batch comes back as duplicates.
+	var retries atomic.Int64
+	var lastNotice atomic.Int64
+	notice := func(err error) {
+		retries.Add(1)
+		if now := time.Now().UnixNano(); now-lastNotice.Load() > int64(time.Second) {
+			lastNotice.Store(now)
+			fmt.Fprintf(a.Stderr, "retrying: %v\n", firstLine(err))
+		}
+	}
+
 	var ids []string
 	if attach != "" {
 		for _, id := range strings.Split(attach, ",") {
@@ -66,10 +87,12 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			}
 		}
 	} else {
+		run := strconv.FormatInt(time.Now().Unix(), 36) + "-" + uuid.NewString()[:8]
 		for i := 0; i < missions; i++ {
 			req := demoRequest(i)
+			req.MissionID = fmt.Sprintf("sim-%s-%d", run, i+1)
 			var acc httpapi.Accepted
-			if _, _, err := c.do(ctx, http.MethodPost, "/api/missions", req, &acc); err != nil {
+			if err := c.doRetry(ctx, http.MethodPost, "/api/missions", req, &acc, notice); err != nil {
 				return fmt.Errorf("start mission %d: %w", i+1, err)
 			}
 			ids = append(ids, acc.ID)
@@ -85,7 +108,7 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 
 	var flights []*simulator.Flight
 	for i, id := range ids {
-		st, err := awaitDispatch(ctx, c, id)
+		st, err := awaitDispatch(ctx, c, id, notice)
 		if err != nil {
 			return err
 		}
@@ -94,7 +117,7 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			continue
 		}
 		var ds httpapi.DroneStatus
-		if _, _, err := c.do(ctx, http.MethodGet, "/api/drones/"+url.PathEscape(st.DroneID)+"/status", nil, &ds); err != nil {
+		if err := c.doRetry(ctx, http.MethodGet, "/api/drones/"+url.PathEscape(st.DroneID)+"/status", nil, &ds, notice); err != nil {
 			return err
 		}
 		first := int64(1)
@@ -113,7 +136,7 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 		var res struct {
 			Accepted int `json:"accepted"`
 		}
-		if _, _, err := c.do(ctx, http.MethodPost, "/api/telemetry", map[string]any{"frames": frames}, &res); err != nil {
+		if err := c.doRetry(ctx, http.MethodPost, "/api/telemetry", map[string]any{"frames": frames}, &res, notice); err != nil {
 			return fmt.Errorf("post telemetry: %w", err)
 		}
 		sent.Add(int64(len(frames)))
@@ -133,14 +156,14 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			}
 			waiting = false
 		case <-progress.C:
-			fmt.Fprintf(a.Stderr, "%4.0fs  %d frames sent, %d accepted\n", time.Since(start).Seconds(), sent.Load(), accepted.Load())
+			fmt.Fprintf(a.Stderr, "%4.0fs  %d frames sent, %d accepted%s\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
 		}
 	}
-	fmt.Fprintf(a.Stderr, "flights over after %.0fs: %d frames sent, %d accepted; waiting for missions to end\n", time.Since(start).Seconds(), sent.Load(), accepted.Load())
+	fmt.Fprintf(a.Stderr, "flights over after %.0fs: %d frames sent, %d accepted%s; waiting for missions to end\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
 
 	results := make([]httpapi.Status, 0, len(ids))
 	for _, id := range ids {
-		st, err := awaitEnd(ctx, c, id)
+		st, err := awaitEnd(ctx, c, id, notice)
 		if err != nil {
 			return err
 		}
@@ -176,15 +199,27 @@ func demoRequest(i int) domain.MissionRequest {
 	}
 }
 
-func fetchStatus(ctx context.Context, c *client, id string) (httpapi.Status, error) {
+func fetchStatus(ctx context.Context, c *client, id string, notice func(error)) (httpapi.Status, error) {
 	var st httpapi.Status
-	_, _, err := c.do(ctx, http.MethodGet, "/api/missions/"+url.PathEscape(id), nil, &st)
+	err := c.doRetry(ctx, http.MethodGet, "/api/missions/"+url.PathEscape(id), nil, &st, notice)
 	return st, err
 }
 
-func awaitDispatch(ctx context.Context, c *client, id string) (domain.MissionStatus, error) {
+func retried(n *atomic.Int64) string {
+	if v := n.Load(); v > 0 {
+		return fmt.Sprintf(", %d requests resent", v)
+	}
+	return ""
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+func awaitDispatch(ctx context.Context, c *client, id string, notice func(error)) (domain.MissionStatus, error) {
 	for {
-		st, err := fetchStatus(ctx, c, id)
+		st, err := fetchStatus(ctx, c, id, notice)
 		if err != nil {
 			return domain.MissionStatus{}, err
 		}
@@ -199,9 +234,9 @@ func awaitDispatch(ctx context.Context, c *client, id string) (domain.MissionSta
 	}
 }
 
-func awaitEnd(ctx context.Context, c *client, id string) (httpapi.Status, error) {
+func awaitEnd(ctx context.Context, c *client, id string, notice func(error)) (httpapi.Status, error) {
 	for {
-		st, err := fetchStatus(ctx, c, id)
+		st, err := fetchStatus(ctx, c, id, notice)
 		if err != nil {
 			return st, err
 		}
