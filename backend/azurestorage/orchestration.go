@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
@@ -228,17 +229,31 @@ func (b *Backend) dropPending(p int) {
 		}
 	}
 	b.mu.Unlock()
-	b.releaseAll(msgs, 0)
+	// In the background: the lease round that calls this holds the lease
+	// manager's lock, and releasing hundreds of messages on a slow storage
+	// account must not make it miss its renewals.
+	if len(msgs) > 0 {
+		go b.releaseAll(msgs, 0)
+	}
 }
 
+// releaseAll returns msgs to the queue (benign releases), eight at a time.
 func (b *Backend) releaseAll(msgs []*inMsg, delay time.Duration) {
 	ctx, cancel := context.WithTimeout(b.bg, 30*time.Second)
 	defer cancel()
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
 	for _, m := range msgs {
-		if err := b.release(ctx, m, delay, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
-			b.log.Debug("azurestorage: release message", "err", err)
-		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := b.release(ctx, m, delay, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
+				b.log.Debug("azurestorage: release message", "err", err)
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 func (b *Backend) deleteAll(ctx context.Context, msgs []*inMsg) error {
