@@ -87,4 +87,101 @@ type Store interface {
 	RecordEffect(ctx context.Context, e Effect) (bool, error)
 	// Effects returns a mission's effects in the order they were recorded.
 	Effects(ctx context.Context, missionID string) ([]Effect, error)
+	// Watched returns the Watch of each drone q selects, each drone once,
+	// in no particular order. It looks them up in an index the store keeps
+	// with every write of a drone (UpdateDrone, AddDrone), so its cost
+	// follows the drones selected, not the size of the fleet.
+	//
+	// A store may keep a Watch's LastFrameAt, and with it Quiet, up to
+	// WatchSlack behind the record's as frames arrive (never ahead of it),
+	// to spare index writes: Watched may then return a drone whose record
+	// no longer matches by up to WatchSlack, and QuietAfter may miss a drone
+	// ahead by less than WatchSlack. Every other field is the record's as of
+	// some moment during the call.
+	Watched(ctx context.Context, q WatchQuery) ([]Watch, error)
+}
+
+// WatchSlack is how far a store's index may keep a drone's LastFrameAt
+// behind its record (see Store.Watched).
+const WatchSlack = 2 * time.Second
+
+// Watch is the part of a drone's record the watchdog acts on; stores index
+// drones by its keys (Quiet, DeadlineKey, Attention).
+type Watch struct {
+	ID        string `json:"id"`
+	MissionID string `json:"m,omitempty"`
+	// Dispatched: the drone flies its mission's route (Route is set).
+	Dispatched    bool      `json:"r,omitempty"`
+	SignalPending bool      `json:"p,omitempty"`
+	Delivered     bool      `json:"v,omitempty"`
+	LastFrameAt   time.Time `json:"f,omitzero"`
+	DispatchedAt  time.Time `json:"s,omitzero"`
+	LastAlarmAt   time.Time `json:"a,omitzero"`
+	Deadline      time.Time `json:"d,omitzero"`
+}
+
+// Watch returns the drone's Watch.
+func (d Drone) Watch() Watch {
+	return Watch{
+		ID: d.ID, MissionID: d.MissionID, Dispatched: d.MissionID != "" && d.Route != nil,
+		SignalPending: d.SignalPending, Delivered: d.Delivered,
+		LastFrameAt: d.LastFrameAt, DispatchedAt: d.DispatchedAt, LastAlarmAt: d.LastAlarmAt, Deadline: d.Deadline,
+	}
+}
+
+// Quiet is, for a dispatched drone that was dispatched or has reported,
+// the latest of LastFrameAt, DispatchedAt and LastAlarmAt: the time since
+// which the drone has been silent and its mission not alarmed. Zero for
+// other drones.
+func (w Watch) Quiet() time.Time {
+	if !w.Dispatched || (w.LastFrameAt.IsZero() && w.DispatchedAt.IsZero()) {
+		return time.Time{}
+	}
+	q := w.LastFrameAt
+	for _, t := range []time.Time{w.DispatchedAt, w.LastAlarmAt} {
+		if t.After(q) {
+			q = t
+		}
+	}
+	return q
+}
+
+// DeadlineKey is the deadline of a dispatched drone that has not delivered
+// yet; zero for other drones, and when the mission has no deadline.
+func (w Watch) DeadlineKey() time.Time {
+	if !w.Dispatched || w.Delivered {
+		return time.Time{}
+	}
+	return w.Deadline
+}
+
+// Attention reports whether a drone bound to a mission needs looking at
+// whatever its times say: reserved but not dispatched (its mission may have
+// ended without freeing it), or with a signal pending.
+func (w Watch) Attention() bool {
+	return w.MissionID != "" && (!w.Dispatched || w.SignalPending)
+}
+
+// WatchQuery selects drones for Store.Watched: a drone is selected if any
+// of the conditions set holds. A zero time sets no condition.
+type WatchQuery struct {
+	// QuietUntil selects drones whose Quiet is set and not after it.
+	QuietUntil time.Time
+	// QuietAfter selects drones whose Quiet is after it.
+	QuietAfter time.Time
+	// DeadlineUntil selects drones whose DeadlineKey is set and not after it.
+	DeadlineUntil time.Time
+	// Attention selects drones whose Attention is true.
+	Attention bool
+	// Limit bounds the drones each condition selects: those with the
+	// earliest key (ids for Attention) first. Zero or less means 1000.
+	Limit int
+}
+
+// Limited returns q's Limit, the default applied.
+func (q WatchQuery) Limited() int {
+	if q.Limit <= 0 {
+		return 1000
+	}
+	return q.Limit
 }

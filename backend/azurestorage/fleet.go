@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -21,6 +23,16 @@ import (
 //
 // <Hub>Drones holds one row per drone (PartitionKey "drone", RowKey the
 // escaped id) with the JSON record in Data; its ETag guards UpdateDrone.
+// The same partition holds the watch index (Watched): up to three rows per
+// drone, RowKey "%~q|" + the time of fleet.Watch.Quiet + "|" + escaped id,
+// "%~d|" + DeadlineKey + "|" + escaped id and "%~a|" + escaped id
+// (Attention), each with the drone's fleet.Watch in W. A drone row records
+// its index rows and the Watch they hold (property Watch), and an update
+// that changes them writes the drone row and its index rows in one
+// entity-group transaction, so the index never disagrees with the records;
+// it is left as it is while only LastFrameAt moves forward by less than
+// fleet.WatchSlack. Escaped ids never start with "%~", so the two kinds of
+// rows never meet.
 // <Hub>Effects holds, per mission partition, one row per effect kind
 // (RowKey "e|" + escaped kind) and a counter row (RowKey "seq") that numbers
 // them; the effect and the counter change in one entity-group transaction,
@@ -33,6 +45,14 @@ type Fleet struct {
 	locks, missions keyLocks
 	// backoff paces retries after lost races with other processes.
 	backoff backoffPolicy
+	// slack is how far the index may keep LastFrameAt behind the record.
+	slack time.Duration
+	// legacy guards indexing the rows written before the index existed,
+	// once per hub (the first Watched of a process checks the marker).
+	legacy struct {
+		sync.Mutex
+		done bool
+	}
 }
 
 var _ fleet.Store = (*Fleet)(nil)
@@ -40,12 +60,21 @@ var _ fleet.Store = (*Fleet)(nil)
 const dronePartition = "drone"
 
 func newFleet(ctx context.Context, svc *aztables.ServiceClient, n names) (*Fleet, error) {
-	for _, t := range []string{n.dronesTable, n.effectsTable} {
-		if err := createTable(ctx, svc, t); err != nil {
-			return nil, err
+	f := &Fleet{drones: svc.NewClient(n.dronesTable), effects: svc.NewClient(n.effectsTable), backoff: conflictBackoff, slack: fleet.WatchSlack}
+	switch _, err := svc.CreateTable(ctx, n.dronesTable, nil); {
+	case err == nil:
+		// A new hub has no rows of earlier versions to index.
+		if _, err := f.drones.AddEntity(ctx, newEntity(dronePartition, watchMarker).marshal(), nil); err != nil && !isConflict(err) {
+			return nil, fmt.Errorf("azurestorage: write the watch index marker: %w", err)
 		}
+		f.legacy.done = true
+	case !isConflict(err):
+		return nil, fmt.Errorf("azurestorage: create table %s: %w", n.dronesTable, err)
 	}
-	return &Fleet{drones: svc.NewClient(n.dronesTable), effects: svc.NewClient(n.effectsTable), backoff: conflictBackoff}, nil
+	if err := createTable(ctx, svc, n.effectsTable); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 func createTable(ctx context.Context, svc *aztables.ServiceClient, name string) error {
@@ -55,13 +84,18 @@ func createTable(ctx context.Context, svc *aztables.ServiceClient, name string) 
 	return nil
 }
 
-func droneEntity(d fleet.Drone) (entity, error) {
+func droneEntity(d fleet.Drone, st indexState) (entity, error) {
 	data, err := json.Marshal(d)
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: encode drone %s: %w", d.ID, err)
+	}
+	idx, err := json.Marshal(st)
 	if err != nil {
 		return nil, fmt.Errorf("azurestorage: encode drone %s: %w", d.ID, err)
 	}
 	e := newEntity(dronePartition, escapeKey(d.ID))
 	e["ID"] = d.ID
+	e[watchProp] = string(idx)
 	if len(data) > maxInlineProperty {
 		gz, err := gzipBytes(data)
 		if err != nil {
@@ -96,7 +130,7 @@ func decodeDrone(e entity) (fleet.Drone, error) {
 // AddDrone implements fleet.Store.
 func (f *Fleet) AddDrone(ctx context.Context, id string, home domain.LatLon) (fleet.Drone, error) {
 	d := fleet.Drone{ID: id, Home: home}
-	e, err := droneEntity(d)
+	e, err := droneEntity(d, indexState{W: d.Watch()}) // no mission: nothing to index
 	if err != nil {
 		return fleet.Drone{}, err
 	}
@@ -109,31 +143,36 @@ func (f *Fleet) AddDrone(ctx context.Context, id string, home domain.LatLon) (fl
 	return d, nil
 }
 
-func (f *Fleet) get(ctx context.Context, id string) (fleet.Drone, azcore.ETag, error) {
+// get reads a drone with its ETag and the index rows it records (nil for a
+// row written before the index existed).
+func (f *Fleet) get(ctx context.Context, id string) (fleet.Drone, azcore.ETag, *indexState, error) {
 	resp, err := f.drones.GetEntity(ctx, dronePartition, escapeKey(id), nil)
 	if err != nil {
 		if isNotFound(err) {
-			return fleet.Drone{}, "", fmt.Errorf("%w: %s", fleet.ErrDroneNotFound, id)
+			return fleet.Drone{}, "", nil, fmt.Errorf("%w: %s", fleet.ErrDroneNotFound, id)
 		}
-		return fleet.Drone{}, "", fmt.Errorf("azurestorage: read drone %s: %w", id, err)
+		return fleet.Drone{}, "", nil, fmt.Errorf("azurestorage: read drone %s: %w", id, err)
 	}
 	e, err := parseEntity(resp.Value)
 	if err != nil {
-		return fleet.Drone{}, "", fmt.Errorf("azurestorage: read drone %s: %w", id, err)
+		return fleet.Drone{}, "", nil, fmt.Errorf("azurestorage: read drone %s: %w", id, err)
 	}
 	d, err := decodeDrone(e)
-	return d, resp.ETag, err
+	return d, resp.ETag, recordedIndex(e), err
 }
 
 // Drone implements fleet.Store.
 func (f *Fleet) Drone(ctx context.Context, id string) (fleet.Drone, error) {
-	d, _, err := f.get(ctx, id)
+	d, _, _, err := f.get(ctx, id)
 	return d, err
 }
 
+// droneRows is the filter of the drone rows, without the index rows.
+var droneRows = fmt.Sprintf("PartitionKey eq %s and (RowKey lt %s or RowKey ge %s)", quote(dronePartition), quote(watchPrefix), quote(watchEnd))
+
 // Drones implements fleet.Store.
 func (f *Fleet) Drones(ctx context.Context) ([]fleet.Drone, error) {
-	filter := "PartitionKey eq " + quote(dronePartition)
+	filter := droneRows
 	pager := f.drones.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
 	var out []fleet.Drone
 	for pager.More() {
@@ -173,9 +212,11 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 	defer f.locks.unlock(id, l)
 	bo := backoff{p: f.backoff}
 	conflicts := 0
+	skipDeletes := false
 	for {
 		var d fleet.Drone
 		var etag azcore.ETag
+		var idx *indexState
 		cached := l.data != nil
 		if cached {
 			data := l.data
@@ -183,8 +224,8 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 			if json.Unmarshal(data, &d) != nil {
 				continue
 			}
-			etag = l.etag
-		} else if d, etag, err = f.get(ctx, id); err != nil {
+			etag, idx = l.etag, l.idx
+		} else if d, etag, idx, err = f.get(ctx, id); err != nil {
 			return fleet.Drone{}, err
 		}
 		if err := fn(&d); err != nil {
@@ -194,17 +235,36 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 			return fleet.Drone{}, err
 		}
 		d.ID = id
-		e, err := droneEntity(d)
+		st, ops := f.indexPlan(idx, d.Watch(), skipDeletes)
+		e, err := droneEntity(d, st)
 		if err != nil {
 			return fleet.Drone{}, err
 		}
-		resp, err := f.drones.UpdateEntity(ctx, e.marshal(), &aztables.UpdateEntityOptions{IfMatch: &etag, UpdateMode: aztables.UpdateModeReplace})
+		var newETag azcore.ETag
+		if len(ops) == 0 {
+			var resp aztables.UpdateEntityResponse
+			resp, err = f.drones.UpdateEntity(ctx, e.marshal(), &aztables.UpdateEntityOptions{IfMatch: &etag, UpdateMode: aztables.UpdateModeReplace})
+			newETag = resp.ETag
+		} else {
+			// The record and its index rows change together. (The batch's
+			// answer carries no ETag: the next update reads the row.)
+			actions := append([]aztables.TransactionAction{{ActionType: aztables.TransactionTypeUpdateReplace, Entity: e.marshal(), IfMatch: &etag}}, ops...)
+			_, err = f.drones.SubmitTransaction(ctx, actions, nil)
+		}
 		switch {
 		case err == nil:
-			if data, err := json.Marshal(d); err == nil && resp.ETag != "" {
-				l.data, l.etag = data, resp.ETag
+			if data, err := json.Marshal(d); err == nil && newETag != "" {
+				l.data, l.etag, l.idx = data, newETag, &st
 			}
 			return d, nil
+		case isNotFound(err) && len(ops) > 0:
+			// The drone row is gone, or an index row it records is (which
+			// the transactions never leave): without the deletes, the
+			// next attempt tells which.
+			if skipDeletes {
+				return fleet.Drone{}, fmt.Errorf("%w: %s", fleet.ErrDroneNotFound, id)
+			}
+			skipDeletes = true
 		case isPrecondition(err):
 			// Another process wrote the drone since it was read.
 			if cached {
@@ -220,6 +280,236 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 			return fleet.Drone{}, fmt.Errorf("azurestorage: update drone %s: %w", id, err)
 		}
 	}
+}
+
+// The watch index (see Fleet).
+const (
+	watchProp      = "Watch" // on a drone row: its indexState
+	watchPrefix    = "%~"    // every index RowKey starts so
+	watchEnd       = "%~~"   // and sorts before this
+	watchQuiet     = "%~q|"
+	watchDeadline  = "%~d|"
+	watchAttention = "%~a|"
+	// watchMarker is the row whose presence says the rows written before
+	// the index existed have been indexed.
+	watchMarker = "%~m|indexed"
+)
+
+// indexState is what a drone row records of its index rows: their RowKeys
+// and the Watch they hold.
+type indexState struct {
+	Rows []string    `json:"rows,omitempty"`
+	W    fleet.Watch `json:"w"`
+}
+
+// recordedIndex returns the index state a drone row records; nil if it
+// records none (written before the index existed).
+func recordedIndex(e entity) *indexState {
+	raw, ok := e[watchProp].(string)
+	if !ok {
+		return nil
+	}
+	var st indexState
+	if json.Unmarshal([]byte(raw), &st) != nil {
+		return nil
+	}
+	return &st
+}
+
+// indexRows returns the index RowKeys of a drone whose Watch is w.
+func indexRows(w fleet.Watch) []string {
+	var rows []string
+	id := escapeKey(w.ID)
+	if q := w.Quiet(); !q.IsZero() {
+		rows = append(rows, watchQuiet+indexTime(q)+"|"+id)
+	}
+	if dl := w.DeadlineKey(); !dl.IsZero() {
+		rows = append(rows, watchDeadline+indexTime(dl)+"|"+id)
+	}
+	if w.Attention() {
+		rows = append(rows, watchAttention+id)
+	}
+	return rows
+}
+
+// indexTime encodes t in 20 digits that sort as the times do (Unix
+// nanoseconds, saturated, offset to be non-negative).
+func indexTime(t time.Time) string { return indexNanos(unixNanos(t)) }
+
+func indexNanos(n int64) string { return fmt.Sprintf("%020d", uint64(n)^(1<<63)) }
+
+func unixNanos(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// indexPlan returns the index state a drone row whose record now has Watch
+// w is to record, and the index rows to write with it; none if the index
+// can stay as it is: old already holds w, but for LastFrameAt moved forward
+// by less than the slack. old is nil for a row written before the index
+// existed (no index rows to delete). skipDeletes leaves out deletes.
+func (f *Fleet) indexPlan(old *indexState, w fleet.Watch, skipDeletes bool) (indexState, []aztables.TransactionAction) {
+	if old != nil {
+		lagged := w
+		if l := old.W.LastFrameAt; !w.LastFrameAt.Before(l) && w.LastFrameAt.Sub(l) < f.slack {
+			lagged.LastFrameAt = l
+		}
+		if sameWatch(lagged, old.W) {
+			return *old, nil
+		}
+	}
+	st := indexState{Rows: indexRows(w), W: w}
+	var ops []aztables.TransactionAction
+	if old != nil && !skipDeletes {
+		for _, rk := range old.Rows {
+			if !slices.Contains(st.Rows, rk) {
+				e := newEntity(dronePartition, rk)
+				anyTag := azcore.ETagAny
+				ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeDelete, Entity: e.marshal(), IfMatch: &anyTag})
+			}
+		}
+	}
+	if len(st.Rows) > 0 {
+		data, _ := json.Marshal(w)
+		for _, rk := range st.Rows {
+			e := newEntity(dronePartition, rk)
+			e["ID"], e["W"] = w.ID, string(data)
+			ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeInsertReplace, Entity: e.marshal()})
+		}
+	}
+	return st, ops
+}
+
+func sameWatch(a, b fleet.Watch) bool {
+	return a.ID == b.ID && a.MissionID == b.MissionID && a.Dispatched == b.Dispatched && a.SignalPending == b.SignalPending &&
+		a.Delivered == b.Delivered && a.LastFrameAt.Equal(b.LastFrameAt) && a.DispatchedAt.Equal(b.DispatchedAt) &&
+		a.LastAlarmAt.Equal(b.LastAlarmAt) && a.Deadline.Equal(b.Deadline)
+}
+
+// Watched implements fleet.Store: one range query on the index per
+// condition of q (a page of up to 1000 rows each), after indexing, once per
+// hub, the rows written before the index existed.
+func (f *Fleet) Watched(ctx context.Context, q fleet.WatchQuery) ([]fleet.Watch, error) {
+	if err := f.indexLegacy(ctx); err != nil {
+		return nil, err
+	}
+	limit := q.Limited()
+	type selection struct{ from, to string }
+	var sels []selection
+	if !q.QuietUntil.IsZero() {
+		sels = append(sels, selection{watchQuiet, upTo(watchQuiet, q.QuietUntil)})
+	}
+	if !q.QuietAfter.IsZero() {
+		if n := unixNanos(q.QuietAfter); n < math.MaxInt64 {
+			sels = append(sels, selection{watchQuiet + indexNanos(n+1), watchQuiet[:len(watchQuiet)-1] + "}"})
+		}
+	}
+	if !q.DeadlineUntil.IsZero() {
+		sels = append(sels, selection{watchDeadline, upTo(watchDeadline, q.DeadlineUntil)})
+	}
+	if q.Attention {
+		sels = append(sels, selection{watchAttention, watchAttention[:len(watchAttention)-1] + "}"})
+	}
+	var out []fleet.Watch
+	seen := map[string]bool{}
+	for _, sel := range sels {
+		if err := f.watchRange(ctx, sel.from, sel.to, limit, seen, &out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// upTo is the RowKey bound below which the index rows of kind prefix have a
+// time not after t.
+func upTo(prefix string, t time.Time) string {
+	if n := unixNanos(t); n < math.MaxInt64 {
+		return prefix + indexNanos(n+1)
+	}
+	return prefix[:len(prefix)-1] + "}"
+}
+
+func (f *Fleet) watchRange(ctx context.Context, from, to string, limit int, seen map[string]bool, out *[]fleet.Watch) error {
+	filter := fmt.Sprintf("PartitionKey eq %s and RowKey ge %s and RowKey lt %s", quote(dronePartition), quote(from), quote(to))
+	top := int32(min(limit, 1000))
+	sel := "W"
+	pager := f.drones.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Top: &top, Select: &sel})
+	for n := 0; n < limit && pager.More(); {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("azurestorage: watched drones: %w", err)
+		}
+		for _, raw := range page.Entities {
+			if n == limit {
+				break
+			}
+			n++
+			e, err := parseEntity(raw)
+			if err != nil {
+				return fmt.Errorf("azurestorage: watched drones: %w", err)
+			}
+			var w fleet.Watch
+			if err := json.Unmarshal([]byte(e.str("W")), &w); err != nil {
+				return fmt.Errorf("azurestorage: watched drones: unreadable index row: %w", err)
+			}
+			if !seen[w.ID] {
+				seen[w.ID] = true
+				*out = append(*out, w)
+			}
+		}
+	}
+	return nil
+}
+
+// indexLegacy indexes the drone rows written before the index existed
+// (by an update that changes nothing else), once per hub: the marker row
+// says it was done. Run them no longer: a drone row they write loses its
+// index state.
+func (f *Fleet) indexLegacy(ctx context.Context) error {
+	f.legacy.Lock()
+	defer f.legacy.Unlock()
+	if f.legacy.done {
+		return nil
+	}
+	if _, err := f.drones.GetEntity(ctx, dronePartition, watchMarker, nil); err == nil {
+		f.legacy.done = true
+		return nil
+	} else if !isNotFound(err) {
+		return fmt.Errorf("azurestorage: read the watch index marker: %w", err)
+	}
+	filter := droneRows
+	pager := f.drones.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
+	var todo []string
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("azurestorage: index drones: %w", err)
+		}
+		for _, raw := range page.Entities {
+			e, err := parseEntity(raw)
+			if err != nil || recordedIndex(e) != nil {
+				continue
+			}
+			if d, err := decodeDrone(e); err == nil && len(indexRows(d.Watch())) > 0 {
+				todo = append(todo, d.ID)
+			}
+		}
+	}
+	for _, id := range todo {
+		if _, err := f.UpdateDrone(ctx, id, func(*fleet.Drone) error { return nil }); err != nil && !errors.Is(err, fleet.ErrDroneNotFound) {
+			return fmt.Errorf("azurestorage: index drone %s: %w", id, err)
+		}
+	}
+	if _, err := f.drones.AddEntity(ctx, newEntity(dronePartition, watchMarker).marshal(), nil); err != nil && !isConflict(err) {
+		return fmt.Errorf("azurestorage: write the watch index marker: %w", err)
+	}
+	f.legacy.done = true
+	return nil
 }
 
 // backoffPolicy bounds the delays between optimistic-concurrency retries.
@@ -262,10 +552,12 @@ type keyLocks struct {
 type keyLock struct {
 	sem  chan struct{} // holds a token while the lock is held
 	refs int           // holders and waiters
-	// data and etag are the drone record the last holder wrote and its
-	// ETag, handed to the next holder; data is nil when there is none.
+	// data, etag and idx are the drone record the last holder wrote, its
+	// ETag and its index state, handed to the next holder; data is nil
+	// when there is none.
 	data []byte
 	etag azcore.ETag
+	idx  *indexState
 }
 
 func (k *keyLocks) lock(ctx context.Context, key string) (*keyLock, error) {

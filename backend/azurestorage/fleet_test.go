@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+
 	"github.com/dronehub/dronehub/backend/backendtest"
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
@@ -20,7 +22,7 @@ func newTestFleet(t *testing.T) *Fleet {
 
 // openTestFleet opens the fleet of hub on the shared Azurite, counting its
 // requests in counter if not nil.
-func openTestFleet(t *testing.T, hub string, counter *Counter) *Fleet {
+func openTestFleet(t testing.TB, hub string, counter *Counter) *Fleet {
 	t.Helper()
 	srv := azr.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -210,5 +212,118 @@ func TestFleetUpdateOutlastsConflicts(t *testing.T) {
 	t.Logf("gave up with: %.200v", err)
 	if got, err := b.Drone(ctx, "d-1"); err != nil || got.MissionID != "m-1" {
 		t.Fatalf("stored drone after the abandoned update: %+v, %v", got, err)
+	}
+}
+
+// BenchmarkWatchdogScan measures a watchdog scan at 10,000 drones, alone
+// and with a second worker's (a Fleet with its own clients) at once, and
+// counts their storage requests (see docs/performance.md).
+func BenchmarkWatchdogScan(b *testing.B) {
+	var counter Counter
+	hub := testHub(b)
+	f := openTestFleet(b, hub, &counter)
+	backendtest.BenchmarkWatchdogScan(b, f, 10000, counter.Total, openTestFleet(b, hub, &counter))
+}
+
+// TestFleetWatchIndex: the index rows of dispatched drones are indexed
+// from rows written before the index existed (once per hub), Watched costs
+// one query per condition, and frames that move LastFrameAt by less than
+// the slack write the drone row alone.
+func TestFleetWatchIndex(t *testing.T) {
+	hub := testHub(t)
+	var counter Counter
+	f := openTestFleet(t, hub, &counter)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	T := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+
+	// A hub of an earlier version: no marker, and a row as it wrote it,
+	// with no index state nor index rows.
+	if _, err := f.drones.DeleteEntity(ctx, dronePartition, watchMarker, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.legacy.done = false
+	route := domain.Route{Pickup: domain.LatLon{Lat: 1}, Dropoff: domain.LatLon{Lat: 2}}
+	old := fleet.Drone{ID: "old/1", MissionID: "m-old", Route: &route, DispatchedAt: T.Add(-time.Hour), LastFrameAt: T.Add(-time.Hour)}
+	e, err := droneEntity(old, indexState{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(e, watchProp)
+	if _, err := f.drones.AddEntity(ctx, e.marshal(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.AddDrone(ctx, "idle", domain.LatLon{}); err != nil {
+		t.Fatal(err)
+	}
+	q := fleet.WatchQuery{QuietUntil: T, QuietAfter: T.Add(time.Hour), DeadlineUntil: T, Attention: true}
+	ws, err := f.Watched(ctx, q)
+	if err != nil || len(ws) != 1 || ws[0].ID != "old/1" || ws[0].MissionID != "m-old" || !ws[0].Dispatched {
+		t.Fatalf("Watched after an upgrade: %+v, %v; want the dispatched drone written before the index", ws, err)
+	}
+	if ds, err := f.Drones(ctx); err != nil || len(ds) != 2 {
+		t.Fatalf("Drones: %+v, %v; want the 2 drones, no index rows", ds, err)
+	}
+
+	// Another process on the hub: the marker spares it the listing.
+	var counter2 Counter
+	g := openTestFleet(t, hub, &counter2)
+	counter2.Reset()
+	if ws, err := g.Watched(ctx, q); err != nil || len(ws) != 1 {
+		t.Fatalf("Watched in a second process: %+v, %v", ws, err)
+	}
+	if snap := counter2.Snapshot(); snap["table.get"] != 1 || snap["table.query"] != 4 || counter2.Total() != 5 {
+		t.Errorf("first Watched of a process on an indexed hub: %s; want the marker read and 4 queries", &counter2)
+	}
+	counter2.Reset()
+	if _, err := g.Watched(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if counter2.Total() != 4 {
+		t.Errorf("Watched with 4 conditions: %s; want 4 queries", &counter2)
+	}
+
+	// Frames: within the slack, one replace; past it, the row and its
+	// index in one batch.
+	counter.Reset()
+	for i := 1; i <= 3; i++ {
+		at := T.Add(time.Duration(i) * 500 * time.Millisecond)
+		if _, err := f.UpdateDrone(ctx, "old/1", func(d *fleet.Drone) error { d.LastFrameAt = at; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if snap := counter.Snapshot(); snap["table.batch"] != 1 || snap["table.replace"] != 2 {
+		t.Errorf("3 frames 0.5 s apart, an hour after the last: %s; want one batch (the index moves an hour), then 2 replaces", &counter)
+	}
+	counter.Reset()
+	if _, err := f.UpdateDrone(ctx, "old/1", func(d *fleet.Drone) error { d.LastFrameAt = T.Add(5 * time.Second); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if snap := counter.Snapshot(); snap["table.batch"] != 1 {
+		t.Errorf("a frame 3.5 s after the indexed one: %s; want a batch", &counter)
+	}
+	ws, err = f.Watched(ctx, fleet.WatchQuery{QuietUntil: T.Add(time.Hour)})
+	if err != nil || len(ws) != 1 || !ws[0].LastFrameAt.Equal(T.Add(5*time.Second)) {
+		t.Fatalf("Watched: %+v, %v", ws, err)
+	}
+	// Released: its index rows go with it.
+	if _, err := f.UpdateDrone(ctx, "old/1", func(d *fleet.Drone) error { d.MissionID, d.Route = "", nil; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	filter := "PartitionKey eq 'drone' and RowKey ge '%~' and RowKey lt '%~~'"
+	pager := f.drones.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
+	var rows []string
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, raw := range page.Entities {
+			e, _ := parseEntity(raw)
+			rows = append(rows, e.str("RowKey"))
+		}
+	}
+	if len(rows) != 1 || rows[0] != watchMarker {
+		t.Errorf("index rows left after the drone was released: %v", rows)
 	}
 }

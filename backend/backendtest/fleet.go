@@ -4,10 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/microsoft/durabletask-go/api"
+
+	"github.com/dronehub/dronehub/activities"
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
 )
@@ -29,6 +36,9 @@ func RunFleet(t *testing.T, f func(t *testing.T) fleet.Store) {
 		{"UpdateDrone_ErrorAborts", testUpdateDroneError},
 		{"RecordEffect_Once", testRecordEffectOnce},
 		{"Effects_InRecordOrder", testEffectsOrder},
+		{"Watched_SelectsByKeys", testWatchedSelects},
+		{"Watched_FollowsUpdates", testWatchedFollows},
+		{"Watched_Limit", testWatchedLimit},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -54,6 +64,7 @@ func RunFleetShared(t *testing.T, f func(t *testing.T) (fleet.Store, fleet.Store
 		{"AddDrone_ExistingInOtherStore", testSharedAddDrone},
 		{"UpdateDrone_AlternatingStores", testSharedAlternating},
 		{"UpdateDrone_ConcurrentTwoStoresLoseNothing", testSharedConcurrent},
+		{"Watched_SeesTheOtherStoresWrites", testSharedWatched},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -362,4 +373,360 @@ func testEffectsOrder(t *testing.T, ctx context.Context, s fleet.Store) {
 			t.Errorf("effect %d recorded At %s, want about now", i, e.At)
 		}
 	}
+}
+
+// watchT is the time the Watched cases set drone times around.
+var watchT = time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+
+// setDrone adds drone id (unless it exists) and applies set to it.
+func setDrone(t *testing.T, ctx context.Context, s fleet.Store, id string, set func(d *fleet.Drone)) fleet.Drone {
+	t.Helper()
+	if _, err := s.AddDrone(ctx, id, home); err != nil && !errors.Is(err, fleet.ErrDroneExists) {
+		t.Fatalf("AddDrone(%s): %v", id, err)
+	}
+	d, err := s.UpdateDrone(ctx, id, func(d *fleet.Drone) error { set(d); return nil })
+	if err != nil {
+		t.Fatalf("UpdateDrone(%s): %v", id, err)
+	}
+	return d
+}
+
+// dispatch binds d to mission "m-"+id and gives it a route.
+func dispatch(d *fleet.Drone) {
+	route := domain.Route{Home: home, Pickup: domain.LatLon{Lat: 47.61, Lon: -122.33}, Dropoff: domain.LatLon{Lat: 47.60, Lon: -122.32}}
+	d.MissionID, d.Route, d.RoutePhase = "m-"+d.ID, &route, domain.PhaseHeadedToPickup
+}
+
+// watched runs Watched and returns the ids it selected, sorted; it fails t
+// if a drone comes twice or its Watch is not its record's.
+func watched(t *testing.T, ctx context.Context, s fleet.Store, q fleet.WatchQuery) []string {
+	t.Helper()
+	ws, err := s.Watched(ctx, q)
+	if err != nil {
+		t.Fatalf("Watched(%+v): %v", q, err)
+	}
+	var ids []string
+	for _, w := range ws {
+		if slices.Contains(ids, w.ID) {
+			t.Errorf("Watched(%+v) returned %s twice", q, w.ID)
+		}
+		ids = append(ids, w.ID)
+		if want := getDrone(t, ctx, s, w.ID).Watch(); !sameWatch(w, want) {
+			t.Errorf("Watched returned %+v for %s, its record's Watch is %+v", w, w.ID, want)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func sameWatch(a, b fleet.Watch) bool {
+	return a.ID == b.ID && a.MissionID == b.MissionID && a.Dispatched == b.Dispatched && a.SignalPending == b.SignalPending &&
+		a.Delivered == b.Delivered && a.LastFrameAt.Equal(b.LastFrameAt) && a.DispatchedAt.Equal(b.DispatchedAt) &&
+		a.LastAlarmAt.Equal(b.LastAlarmAt) && a.Deadline.Equal(b.Deadline)
+}
+
+func wantIDs(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Errorf("%s: %v, want %v", what, got, want)
+	}
+}
+
+// testWatchedSelects: each condition selects the drones whose Watch keys
+// match, a drone at most once, and the index rows do not show as drones.
+func testWatchedSelects(t *testing.T, ctx context.Context, s fleet.Store) {
+	T := watchT
+	if ids := watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T.Add(time.Hour), QuietAfter: T, DeadlineUntil: T, Attention: true}); len(ids) != 0 {
+		t.Errorf("Watched of an empty fleet: %v", ids)
+	}
+	addDrone(t, ctx, s, "idle")
+	setDrone(t, ctx, s, "reserved", func(d *fleet.Drone) { d.MissionID = "m-reserved" })
+	setDrone(t, ctx, s, "silent", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.LastFrameAt = T.Add(-10*time.Minute), T.Add(-5*time.Minute)
+	})
+	setDrone(t, ctx, s, "never", func(d *fleet.Drone) { dispatch(d); d.DispatchedAt = T.Add(-10 * time.Minute) })
+	setDrone(t, ctx, s, "fresh", func(d *fleet.Drone) { dispatch(d); d.DispatchedAt, d.LastFrameAt = T.Add(-10*time.Minute), T })
+	setDrone(t, ctx, s, "alarmed", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.LastFrameAt, d.LastAlarmAt = T.Add(-10*time.Minute), T.Add(-5*time.Minute), T.Add(-time.Second)
+	})
+	setDrone(t, ctx, s, "ahead", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.LastFrameAt = T.Add(-10*time.Minute), T.Add(time.Hour)
+	})
+	setDrone(t, ctx, s, "late", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.LastFrameAt, d.Deadline = T.Add(-10*time.Minute), T, T.Add(-time.Minute)
+	})
+	setDrone(t, ctx, s, "delivered", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.LastFrameAt, d.Deadline, d.Delivered = T.Add(-10*time.Minute), T, T.Add(-time.Minute), true
+	})
+	setDrone(t, ctx, s, "pending", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.LastFrameAt, d.SignalPending = T.Add(-10*time.Minute), T, true
+	})
+	setDrone(t, ctx, s, "released", func(d *fleet.Drone) {
+		d.LastFrameAt, d.Deadline, d.SignalPending, d.LastAlarmAt = T.Add(-5*time.Minute), T.Add(-time.Minute), true, T.Add(-time.Hour)
+	})
+
+	wantIDs(t, "QuietUntil T-1m", watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T.Add(-time.Minute)}), "never", "silent")
+	wantIDs(t, "QuietUntil T", watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T}),
+		"alarmed", "delivered", "fresh", "late", "never", "pending", "silent")
+	wantIDs(t, "QuietAfter T+1m", watched(t, ctx, s, fleet.WatchQuery{QuietAfter: T.Add(time.Minute)}), "ahead")
+	wantIDs(t, "QuietAfter T-1s", watched(t, ctx, s, fleet.WatchQuery{QuietAfter: T.Add(-time.Second)}),
+		"ahead", "delivered", "fresh", "late", "pending")
+	wantIDs(t, "DeadlineUntil T", watched(t, ctx, s, fleet.WatchQuery{DeadlineUntil: T}), "late")
+	wantIDs(t, "DeadlineUntil T-2m", watched(t, ctx, s, fleet.WatchQuery{DeadlineUntil: T.Add(-2 * time.Minute)}))
+	wantIDs(t, "Attention", watched(t, ctx, s, fleet.WatchQuery{Attention: true}), "pending", "reserved")
+	wantIDs(t, "all conditions", watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T.Add(-time.Minute), QuietAfter: T.Add(time.Minute), DeadlineUntil: T, Attention: true}),
+		"ahead", "late", "never", "pending", "reserved", "silent")
+	wantIDs(t, "no condition", watched(t, ctx, s, fleet.WatchQuery{}))
+
+	ds, err := s.Drones(ctx)
+	if err != nil {
+		t.Fatalf("Drones: %v", err)
+	}
+	var ids []string
+	for _, d := range ds {
+		ids = append(ids, d.ID)
+	}
+	wantIDs(t, "Drones", ids, "ahead", "alarmed", "delivered", "fresh", "idle", "late", "never", "pending", "released", "reserved", "silent")
+}
+
+// testWatchedFollows: a drone moves between selections as its record
+// changes, whoever changes it.
+func testWatchedFollows(t *testing.T, ctx context.Context, s fleet.Store) {
+	T := watchT
+	all := func() fleet.WatchQuery {
+		return fleet.WatchQuery{QuietUntil: T.Add(-time.Minute), DeadlineUntil: T, Attention: true}
+	}
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.MissionID = "m-d" })
+	wantIDs(t, "reserved", watched(t, ctx, s, all()), "d")
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.Deadline = T.Add(-10*time.Minute), T.Add(time.Hour)
+	})
+	wantIDs(t, "dispatched 10 minutes ago, never heard", watched(t, ctx, s, all()), "d")
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.LastFrameAt = T })
+	wantIDs(t, "a frame now", watched(t, ctx, s, all()))
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.LastFrameAt = T.Add(-5 * time.Minute) })
+	wantIDs(t, "the frame time set back", watched(t, ctx, s, all()), "d")
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.LastAlarmAt = T })
+	wantIDs(t, "alarmed now", watched(t, ctx, s, all()))
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.Deadline = T.Add(-time.Second) })
+	wantIDs(t, "deadline passed", watched(t, ctx, s, all()), "d")
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.Delivered = true })
+	wantIDs(t, "delivered", watched(t, ctx, s, all()))
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.SignalPending = true })
+	wantIDs(t, "signal pending", watched(t, ctx, s, all()), "d")
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.SignalPending = false; d.Route = nil })
+	wantIDs(t, "recalled", watched(t, ctx, s, all()), "d")
+	setDrone(t, ctx, s, "d", func(d *fleet.Drone) { d.MissionID = "" })
+	wantIDs(t, "released", watched(t, ctx, s, all()))
+	if ids := watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T.Add(time.Hour), QuietAfter: T.Add(-time.Hour), DeadlineUntil: T.Add(time.Hour), Attention: true}); len(ids) != 0 {
+		t.Errorf("a released drone is watched: %v", ids)
+	}
+
+	// Frames: the index may keep LastFrameAt behind by fleet.WatchSlack.
+	setDrone(t, ctx, s, "f", func(d *fleet.Drone) { dispatch(d); d.DispatchedAt, d.LastFrameAt = T.Add(-10*time.Minute), T })
+	for i := 1; i <= 10; i++ {
+		at := T.Add(time.Duration(i) * 300 * time.Millisecond)
+		setDrone(t, ctx, s, "f", func(d *fleet.Drone) { d.LastFrameAt = at })
+		ws, err := s.Watched(ctx, fleet.WatchQuery{QuietUntil: T.Add(time.Hour)})
+		if err != nil || len(ws) != 1 {
+			t.Fatalf("Watched: %v, %v", ws, err)
+		}
+		if lf := ws[0].LastFrameAt; lf.After(at) || lf.Before(at.Add(-fleet.WatchSlack)) {
+			t.Fatalf("after a frame at %s the index has LastFrameAt %s: more than fleet.WatchSlack behind, or ahead", at, lf)
+		}
+	}
+}
+
+// testWatchedLimit: Limit bounds each condition, earliest keys first.
+func testWatchedLimit(t *testing.T, ctx context.Context, s fleet.Store) {
+	T := watchT
+	for i := range 6 {
+		setDrone(t, ctx, s, fmt.Sprint("q", i), func(d *fleet.Drone) {
+			dispatch(d)
+			d.DispatchedAt, d.LastFrameAt = T.Add(-time.Hour), T.Add(-time.Duration(10-i)*time.Minute)
+		})
+		setDrone(t, ctx, s, fmt.Sprint("r", i), func(d *fleet.Drone) { d.MissionID = "m" })
+	}
+	wantIDs(t, "QuietUntil T, limit 2", watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T, Limit: 2}), "q0", "q1")
+	wantIDs(t, "Attention, limit 3", watched(t, ctx, s, fleet.WatchQuery{Attention: true, Limit: 3}), "r0", "r1", "r2")
+	wantIDs(t, "both, limit 1", watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T, Attention: true, Limit: 1}), "q0", "r0")
+	if ids := watched(t, ctx, s, fleet.WatchQuery{QuietUntil: T, Attention: true}); len(ids) != 12 {
+		t.Errorf("no limit: %v", ids)
+	}
+}
+
+// testSharedWatched: the index one store writes is the one the other reads.
+func testSharedWatched(t *testing.T, ctx context.Context, a, b fleet.Store) {
+	T := watchT
+	q := fleet.WatchQuery{QuietUntil: T.Add(-time.Minute), Attention: true}
+	setDrone(t, ctx, a, "d", func(d *fleet.Drone) {
+		dispatch(d)
+		d.DispatchedAt, d.LastFrameAt = T.Add(-time.Hour), T.Add(-time.Hour)
+	})
+	wantIDs(t, "silent, written by a, read by b", watched(t, ctx, b, q), "d")
+	setDrone(t, ctx, b, "d", func(d *fleet.Drone) { d.LastFrameAt = T })
+	wantIDs(t, "heard, written by b, read by a", watched(t, ctx, a, q))
+	setDrone(t, ctx, a, "d", func(d *fleet.Drone) { d.Route = nil })
+	wantIDs(t, "recalled, written by a, read by b", watched(t, ctx, b, q), "d")
+	setDrone(t, ctx, b, "d", func(d *fleet.Drone) { d.MissionID = "" })
+	wantIDs(t, "released, written by b, read by a", watched(t, ctx, a, q))
+}
+
+// BenchmarkWatchdogScan measures activities.Watchdog.Scan over a fleet of n
+// drones put in s, which must be empty: 70% dispatched and reporting, 1%
+// dispatched and silent for longer than the watchdog's timeout, 0.5%
+// reserved before their dispatch, the rest idle. "due=0" scans with no
+// alarm due (the steady state); "due=1%" makes the silent drones due again
+// before each scan, so that each scan raises an alarm for 1% of the fleet
+// (the mission client is a fake: raising costs no storage request). With
+// others (stores on the same storage, as other workers have),
+// "due=1%/workers=N" runs a watchdog on each store and s at once and checks
+// that each alarm is raised once. requests, if not nil, returns the storage
+// requests made so far (by all the stores); they are reported per scan
+// (per round of scans with others), with the time of the scan alone.
+func BenchmarkWatchdogScan(b *testing.B, s fleet.Store, n int, requests func() int64, others ...fleet.Store) {
+	ctx := context.Background()
+	w := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+	flying, silent, reserved := n*70/100, n/100, n/200
+	var silentIDs []string
+	parallel(b, n, func(i int) error {
+		id := fmt.Sprintf("drone-%05d", i)
+		if _, err := s.AddDrone(ctx, id, home); err != nil {
+			return err
+		}
+		if i >= flying+silent+reserved {
+			return nil
+		}
+		_, err := s.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
+			d.MissionID = "m-" + id
+			if i >= flying+silent {
+				return nil // reserved, not yet dispatched
+			}
+			route := domain.Route{Home: home, Pickup: domain.LatLon{Lat: 47.61, Lon: -122.33}, Dropoff: domain.LatLon{Lat: 47.60, Lon: -122.32}}
+			d.Route, d.RoutePhase = &route, domain.PhaseHeadedToPickup
+			d.DispatchedAt, d.Deadline = w.Add(-10*time.Minute), w.Add(2*time.Hour)
+			d.LastFrameAt, d.Frames = w.Add(time.Second), 100
+			if i >= flying {
+				d.LastFrameAt = w.Add(-time.Hour)
+			}
+			return nil
+		})
+		return err
+	})
+	for i := flying; i < flying+silent; i++ {
+		silentIDs = append(silentIDs, fmt.Sprintf("drone-%05d", i))
+	}
+	client := &fakeMissions{}
+	var mu sync.Mutex
+	now := w
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	var wds []*activities.Watchdog
+	for _, st := range append([]fleet.Store{s}, others...) {
+		wds = append(wds, activities.NewWatchdog(st, client, activities.WatchdogOptions{
+			Silence: time.Minute, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clock,
+		}))
+	}
+	// Up for the timeout: reporting drones are quiet for 59 s, silent ones
+	// for an hour.
+	for i := range 3 {
+		mu.Lock()
+		now = w.Add(time.Duration(i) * 30 * time.Second)
+		mu.Unlock()
+		for _, wd := range wds {
+			if err := wd.Scan(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	run := func(b *testing.B, due bool, wds []*activities.Watchdog) {
+		var reqs, alarms int64
+		for b.Loop() {
+			b.StopTimer()
+			if due {
+				parallel(b, len(silentIDs), func(i int) error {
+					_, err := s.UpdateDrone(ctx, silentIDs[i], func(d *fleet.Drone) error { d.LastAlarmAt = time.Time{}; return nil })
+					return err
+				})
+			}
+			before, raised := int64(0), client.raised.Load()
+			if requests != nil {
+				before = requests()
+			}
+			b.StartTimer()
+			var wg sync.WaitGroup
+			for _, wd := range wds {
+				wg.Go(func() {
+					if err := wd.Scan(ctx); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			if requests != nil {
+				reqs += requests() - before
+			}
+			alarms += client.raised.Load() - raised
+			b.StartTimer()
+		}
+		want := int64(0)
+		if due {
+			want = int64(b.N * len(silentIDs))
+		}
+		if alarms != want {
+			b.Fatalf("%d rounds of scans raised %d alarms, want %d", b.N, alarms, want)
+		}
+		b.ReportMetric(float64(alarms)/float64(b.N), "alarms/scan")
+		if requests != nil {
+			b.ReportMetric(float64(reqs)/float64(b.N), "requests/scan")
+		}
+	}
+	b.Run("due=0", func(b *testing.B) { run(b, false, wds[:1]) })
+	b.Run("due=1%", func(b *testing.B) { run(b, true, wds[:1]) })
+	if len(wds) > 1 {
+		b.Run(fmt.Sprintf("due=1%%/workers=%d", len(wds)), func(b *testing.B) { run(b, true, wds) })
+	}
+}
+
+// parallel runs f(0) … f(n-1) on 16 goroutines and fails b on an error.
+func parallel(b *testing.B, n int, f func(i int) error) {
+	b.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				if err := f(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+}
+
+// fakeMissions is an activities.MissionClient whose missions all run and
+// which counts the events raised.
+type fakeMissions struct{ raised atomic.Int64 }
+
+func (m *fakeMissions) RaiseEvent(context.Context, api.InstanceID, string, ...api.RaiseEventOptions) error {
+	m.raised.Add(1)
+	return nil
+}
+
+func (m *fakeMissions) FetchOrchestrationMetadata(_ context.Context, id api.InstanceID) (*api.OrchestrationMetadata, error) {
+	return &api.OrchestrationMetadata{InstanceID: id, RuntimeStatus: api.RUNTIME_STATUS_RUNNING}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -30,6 +31,21 @@ CREATE TABLE IF NOT EXISTS DronehubEffects (
     UNIQUE (MissionID, Kind)
 );`
 
+// watchSchema adds the watch index to DronehubDrones: each row's
+// fleet.Watch keys (Quiet and DeadlineKey in Unix nanoseconds, NULL when
+// unset; Attention 1 or NULL), written with its Data by every write, and
+// partial indexes over the rows that have them. Indexed is 0 on rows
+// written before the columns existed, until they are indexed at open.
+var watchSchema = []string{
+	`ALTER TABLE DronehubDrones ADD COLUMN QuietAt INTEGER NULL`,
+	`ALTER TABLE DronehubDrones ADD COLUMN DeadlineAt INTEGER NULL`,
+	`ALTER TABLE DronehubDrones ADD COLUMN Attention INTEGER NULL`,
+	`ALTER TABLE DronehubDrones ADD COLUMN Indexed INTEGER NOT NULL DEFAULT 0`,
+	`CREATE INDEX IF NOT EXISTS IX_DronehubDrones_QuietAt ON DronehubDrones (QuietAt) WHERE QuietAt IS NOT NULL`,
+	`CREATE INDEX IF NOT EXISTS IX_DronehubDrones_DeadlineAt ON DronehubDrones (DeadlineAt) WHERE DeadlineAt IS NOT NULL`,
+	`CREATE INDEX IF NOT EXISTS IX_DronehubDrones_Attention ON DronehubDrones (ID) WHERE Attention = 1`,
+}
+
 // Fleet is the fleet.Store on the task hub's SQLite file. Each drone is one
 // row holding its JSON record and a version that guards updates, the same
 // shape as the Azure Tables store, so both behave alike under contention.
@@ -47,8 +63,96 @@ func newFleet(ctx context.Context, db *sql.DB) (*Fleet, error) {
 	if _, err := db.ExecContext(ctx, fleetSchema); err != nil {
 		return nil, fmt.Errorf("sqlite: create fleet tables: %w", err)
 	}
+	if err := migrateWatch(ctx, db); err != nil {
+		return nil, fmt.Errorf("sqlite: create the fleet's watch index: %w", err)
+	}
 	return &Fleet{db: db, backoff: conflictBackoff}, nil
 }
+
+// migrateWatch adds the watch index to a file that lacks it and indexes the
+// rows written before it existed, in one immediate transaction (another
+// process opening the file waits for it).
+func migrateWatch(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var has int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('DronehubDrones') WHERE name = 'Indexed'`).Scan(&has); err != nil {
+		return err
+	}
+	if has == 0 {
+		for _, q := range watchSchema {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return err
+			}
+		}
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT ID, Data FROM DronehubDrones WHERE Indexed = 0`)
+	if err != nil {
+		return err
+	}
+	type legacy struct{ id, data string }
+	var todo []legacy
+	for rows.Next() {
+		var l legacy
+		if err := rows.Scan(&l.id, &l.data); err != nil {
+			rows.Close()
+			return err
+		}
+		todo = append(todo, l)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, l := range todo {
+		var d fleet.Drone
+		if err := json.Unmarshal([]byte(l.data), &d); err != nil {
+			continue // unreadable: reading it reports it; nothing to watch
+		}
+		quiet, deadline, attention := watchColumns(d)
+		if _, err := tx.ExecContext(ctx, `UPDATE DronehubDrones SET QuietAt = ?, DeadlineAt = ?, Attention = ?, Indexed = 1 WHERE ID = ?`,
+			quiet, deadline, attention, l.id); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// watchColumns returns the watch index columns of d.
+func watchColumns(d fleet.Drone) (quiet, deadline, attention any) {
+	w := d.Watch()
+	if w.Attention() {
+		attention = 1
+	}
+	return nanos(w.Quiet()), nanos(w.DeadlineKey()), attention
+}
+
+// nanos is t in Unix nanoseconds, saturated to the int64 range; nil for
+// the zero time.
+func nanos(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return unixNanos(t)
+}
+
+func unixNanos(t time.Time) int64 {
+	switch {
+	case t.Before(minNanosTime):
+		return math.MinInt64
+	case t.After(maxNanosTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+var (
+	minNanosTime = time.Unix(0, math.MinInt64)
+	maxNanosTime = time.Unix(0, math.MaxInt64)
+)
 
 // AddDrone implements fleet.Store.
 func (f *Fleet) AddDrone(ctx context.Context, id string, home domain.LatLon) (fleet.Drone, error) {
@@ -57,7 +161,9 @@ func (f *Fleet) AddDrone(ctx context.Context, id string, home domain.LatLon) (fl
 	if err != nil {
 		return fleet.Drone{}, err
 	}
-	res, err := f.db.ExecContext(ctx, `INSERT OR IGNORE INTO DronehubDrones (ID, Version, Data) VALUES (?, 1, ?)`, id, string(data))
+	quiet, deadline, attention := watchColumns(d)
+	res, err := f.db.ExecContext(ctx, `INSERT OR IGNORE INTO DronehubDrones (ID, Version, Data, QuietAt, DeadlineAt, Attention, Indexed) VALUES (?, 1, ?, ?, ?, ?, 1)`,
+		id, string(data), quiet, deadline, attention)
 	if err != nil {
 		return fleet.Drone{}, fmt.Errorf("sqlite: add drone %s: %w", id, err)
 	}
@@ -112,6 +218,61 @@ func (f *Fleet) Drones(ctx context.Context) ([]fleet.Drone, error) {
 	return out, rows.Err()
 }
 
+// Watched implements fleet.Store: one indexed query per condition of q.
+// The index columns are written with every write of a row, so they are
+// exact (no fleet.WatchSlack).
+func (f *Fleet) Watched(ctx context.Context, q fleet.WatchQuery) ([]fleet.Watch, error) {
+	limit := q.Limited()
+	type selection struct {
+		query string
+		args  []any
+	}
+	var sels []selection
+	if !q.QuietUntil.IsZero() {
+		sels = append(sels, selection{`SELECT Data FROM DronehubDrones WHERE QuietAt <= ? ORDER BY QuietAt LIMIT ?`, []any{unixNanos(q.QuietUntil), limit}})
+	}
+	if !q.QuietAfter.IsZero() {
+		sels = append(sels, selection{`SELECT Data FROM DronehubDrones WHERE QuietAt > ? ORDER BY QuietAt LIMIT ?`, []any{unixNanos(q.QuietAfter), limit}})
+	}
+	if !q.DeadlineUntil.IsZero() {
+		sels = append(sels, selection{`SELECT Data FROM DronehubDrones WHERE DeadlineAt <= ? ORDER BY DeadlineAt LIMIT ?`, []any{unixNanos(q.DeadlineUntil), limit}})
+	}
+	if q.Attention {
+		sels = append(sels, selection{`SELECT Data FROM DronehubDrones WHERE Attention = 1 ORDER BY ID LIMIT ?`, []any{limit}})
+	}
+	var out []fleet.Watch
+	seen := map[string]bool{}
+	for _, sel := range sels {
+		if err := f.watched(ctx, sel.query, sel.args, seen, &out); err != nil {
+			return nil, fmt.Errorf("sqlite: watched drones: %w", err)
+		}
+	}
+	return out, nil
+}
+
+func (f *Fleet) watched(ctx context.Context, query string, args []any, seen map[string]bool, out *[]fleet.Watch) error {
+	rows, err := f.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var data string
+		if err := rows.Scan(&data); err != nil {
+			return err
+		}
+		var d fleet.Drone
+		if err := json.Unmarshal([]byte(data), &d); err != nil {
+			return fmt.Errorf("unreadable record: %w", err)
+		}
+		if !seen[d.ID] {
+			seen[d.ID] = true
+			*out = append(*out, d.Watch())
+		}
+	}
+	return rows.Err()
+}
+
 // UpdateDrone implements fleet.Store with a version check.
 //
 // Updates of one drone through this Fleet queue on a per-drone lock, so the
@@ -140,7 +301,9 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 		if err != nil {
 			return fleet.Drone{}, err
 		}
-		res, err := f.db.ExecContext(ctx, `UPDATE DronehubDrones SET Version = Version + 1, Data = ? WHERE ID = ? AND Version = ?`, string(data), id, version)
+		quiet, deadline, attention := watchColumns(d)
+		res, err := f.db.ExecContext(ctx, `UPDATE DronehubDrones SET Version = Version + 1, Data = ?, QuietAt = ?, DeadlineAt = ?, Attention = ?, Indexed = 1 WHERE ID = ? AND Version = ?`,
+			string(data), quiet, deadline, attention, id, version)
 		if err != nil {
 			return fleet.Drone{}, fmt.Errorf("sqlite: update drone %s: %w", id, err)
 		}
