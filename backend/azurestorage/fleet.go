@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"sync"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
+	"github.com/dronehub/dronehub/internal/keyed"
 )
 
 // Fleet is the fleet.Store on Azure Tables.
@@ -42,9 +42,10 @@ type Fleet struct {
 	effects *aztables.Client
 	// locks queues the updates of one drone (UpdateDrone) and the effects
 	// of one mission (RecordEffect) made through this Fleet.
-	locks, missions keyLocks
+	locks    keyed.Locks[handover]
+	missions keyed.Locks[struct{}]
 	// backoff paces retries after lost races with other processes.
-	backoff backoffPolicy
+	backoff keyed.Backoff
 	// slack is how far the index may keep LastFrameAt behind the record.
 	slack time.Duration
 	// legacy guards indexing the rows written before the index existed,
@@ -205,26 +206,26 @@ func (f *Fleet) Drones(ctx context.Context) ([]fleet.Drone, error) {
 // fresh read with exponential back-off and jitter, for as long as ctx
 // allows: there is no attempt limit a busy drone could exhaust.
 func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone) error) (fleet.Drone, error) {
-	l, err := f.locks.lock(ctx, id)
+	l, err := f.locks.Lock(ctx, id)
 	if err != nil {
 		return fleet.Drone{}, fmt.Errorf("azurestorage: update drone %s: %w", id, err)
 	}
-	defer f.locks.unlock(id, l)
-	bo := backoff{p: f.backoff}
+	defer f.locks.Unlock(id, l)
+	bo := f.backoff
 	conflicts := 0
 	skipDeletes := false
 	for {
 		var d fleet.Drone
 		var etag azcore.ETag
 		var idx *indexState
-		cached := l.data != nil
+		cached := l.Value.data != nil
 		if cached {
-			data := l.data
-			l.data = nil // used once: kept only if the write succeeds
+			data := l.Value.data
+			l.Value.data = nil // used once: kept only if the write succeeds
 			if json.Unmarshal(data, &d) != nil {
 				continue
 			}
-			etag, idx = l.etag, l.idx
+			etag, idx = l.Value.etag, l.Value.idx
 		} else if d, etag, idx, err = f.get(ctx, id); err != nil {
 			return fleet.Drone{}, err
 		}
@@ -254,7 +255,7 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 		switch {
 		case err == nil:
 			if data, err := json.Marshal(d); err == nil && newETag != "" {
-				l.data, l.etag, l.idx = data, newETag, &st
+				l.Value.data, l.Value.etag, l.Value.idx = data, newETag, &st
 			}
 			return d, nil
 		case isNotFound(err) && len(ops) > 0:
@@ -271,7 +272,7 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 				continue // the handed-over record was stale: read it now
 			}
 			conflicts++
-			if err := bo.wait(ctx); err != nil {
+			if err := bo.Wait(ctx); err != nil {
 				return fleet.Drone{}, fmt.Errorf("%w: drone %s lost %d races to other writers: %w", fleet.ErrConflict, id, conflicts, err)
 			}
 		case isNotFound(err):
@@ -512,87 +513,17 @@ func (f *Fleet) indexLegacy(ctx context.Context) error {
 	return nil
 }
 
-// backoffPolicy bounds the delays between optimistic-concurrency retries.
-type backoffPolicy struct{ first, max time.Duration }
-
-var conflictBackoff = backoffPolicy{first: 2 * time.Millisecond, max: 200 * time.Millisecond}
-
-// backoff paces retries after lost optimistic-concurrency races:
-// exponentially growing delays with full jitter, so that writers that
-// collided spread out instead of colliding again.
-type backoff struct {
-	p     backoffPolicy
-	delay time.Duration
-}
-
-// wait sleeps before the next retry, or returns ctx's error if ctx ends first.
-func (b *backoff) wait(ctx context.Context) error {
-	if b.delay == 0 {
-		b.delay = b.p.first
-	}
-	t := time.NewTimer(rand.N(b.delay + 1))
-	defer t.Stop()
-	b.delay = min(2*b.delay, b.p.max)
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// keyLocks is a set of per-key locks that are acquired in arrival order and
-// give up when the caller's context ends. A key's lock exists only while
-// someone holds or waits for it.
-type keyLocks struct {
-	mu    sync.Mutex
-	locks map[string]*keyLock
-}
-
-type keyLock struct {
-	sem  chan struct{} // holds a token while the lock is held
-	refs int           // holders and waiters
-	// data, etag and idx are the drone record the last holder wrote, its
-	// ETag and its index state, handed to the next holder; data is nil
-	// when there is none.
+// handover is the drone record the last holder of a drone's lock wrote,
+// its ETag and its index state, handed to the next holder; data is nil
+// when there is none.
+type handover struct {
 	data []byte
 	etag azcore.ETag
 	idx  *indexState
 }
 
-func (k *keyLocks) lock(ctx context.Context, key string) (*keyLock, error) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*keyLock{}
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyLock{sem: make(chan struct{}, 1)}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	select {
-	case l.sem <- struct{}{}:
-		return l, nil
-	case <-ctx.Done():
-		k.release(key, l)
-		return nil, ctx.Err()
-	}
-}
-
-func (k *keyLocks) unlock(key string, l *keyLock) {
-	<-l.sem
-	k.release(key, l)
-}
-
-func (k *keyLocks) release(key string, l *keyLock) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if l.refs--; l.refs == 0 {
-		delete(k.locks, key)
-	}
-}
+// conflictBackoff paces retries after losing a race to another process.
+var conflictBackoff = keyed.Backoff{First: 2 * time.Millisecond, Max: 200 * time.Millisecond}
 
 const effectSeqRow = "seq"
 
@@ -604,13 +535,13 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 	// One mission's effects queue in the process, as drone updates do; a
 	// batch that loses to another process is retried with back-off for as
 	// long as ctx allows.
-	l, err := f.missions.lock(ctx, e.MissionID)
+	l, err := f.missions.Lock(ctx, e.MissionID)
 	if err != nil {
 		return false, fmt.Errorf("azurestorage: record effect %s/%s: %w", e.MissionID, e.Kind, err)
 	}
-	defer f.missions.unlock(e.MissionID, l)
+	defer f.missions.Unlock(e.MissionID, l)
 	pk, rk := escapeKey(e.MissionID), "e|"+escapeKey(e.Kind)
-	bo := backoff{p: f.backoff}
+	bo := f.backoff
 	for {
 		var seq int64
 		var counterETag *azcore.ETag
@@ -655,7 +586,7 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 			if !isConflict(err) && !isPrecondition(err) && !isNotFound(err) {
 				return false, fmt.Errorf("azurestorage: record effect %s/%s: %w", e.MissionID, e.Kind, err)
 			}
-			if err := bo.wait(ctx); err != nil {
+			if err := bo.Wait(ctx); err != nil {
 				return false, fmt.Errorf("%w: effect %s/%s: %w", fleet.ErrConflict, e.MissionID, e.Kind, err)
 			}
 			continue

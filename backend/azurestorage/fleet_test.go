@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dronehub/dronehub/internal/keyed"
 	"sync"
 	"testing"
 	"time"
@@ -168,7 +169,7 @@ func TestFleet(t *testing.T) {
 func TestFleetUpdateOutlastsConflicts(t *testing.T) {
 	hub := testHub(t)
 	a, b := openTestFleet(t, hub, nil), openTestFleet(t, hub, nil)
-	a.backoff = backoffPolicy{first: time.Millisecond, max: 4 * time.Millisecond}
+	a.backoff = keyed.Backoff{First: time.Millisecond, Max: 4 * time.Millisecond}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := a.AddDrone(ctx, "d-1", domain.LatLon{}); err != nil {

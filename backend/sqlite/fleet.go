@@ -7,13 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
+	"github.com/dronehub/dronehub/internal/keyed"
 )
 
 const fleetSchema = `
@@ -52,9 +51,9 @@ var watchSchema = []string{
 type Fleet struct {
 	db *sql.DB
 	// locks queues the updates of one drone made through this Fleet.
-	locks keyLocks
+	locks keyed.Locks[struct{}]
 	// backoff paces retries after lost races with other processes.
-	backoff backoffPolicy
+	backoff keyed.Backoff
 }
 
 var _ fleet.Store = (*Fleet)(nil)
@@ -281,12 +280,12 @@ func (f *Fleet) watched(ctx context.Context, query string, args []any, seen map[
 // jitter, for as long as ctx allows: there is no attempt limit a busy drone
 // could exhaust.
 func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone) error) (fleet.Drone, error) {
-	l, err := f.locks.lock(ctx, id)
+	l, err := f.locks.Lock(ctx, id)
 	if err != nil {
 		return fleet.Drone{}, fmt.Errorf("sqlite: update drone %s: %w", id, err)
 	}
-	defer f.locks.unlock(id, l)
-	bo := backoff{p: f.backoff}
+	defer f.locks.Unlock(id, l)
+	bo := f.backoff
 	conflicts := 0
 	for {
 		d, version, err := f.get(ctx, id)
@@ -313,87 +312,14 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 		// Another process wrote the drone since it was read (or removed it:
 		// the next read tells).
 		conflicts++
-		if err := bo.wait(ctx); err != nil {
+		if err := bo.Wait(ctx); err != nil {
 			return fleet.Drone{}, fmt.Errorf("%w: drone %s lost %d races to other writers: %w", fleet.ErrConflict, id, conflicts, err)
 		}
 	}
 }
 
-// backoffPolicy bounds the delays between optimistic-concurrency retries.
-type backoffPolicy struct{ first, max time.Duration }
-
-var conflictBackoff = backoffPolicy{first: time.Millisecond, max: 100 * time.Millisecond}
-
-// backoff paces retries after lost optimistic-concurrency races:
-// exponentially growing delays with full jitter, so that writers that
-// collided spread out instead of colliding again.
-type backoff struct {
-	p     backoffPolicy
-	delay time.Duration
-}
-
-// wait sleeps before the next retry, or returns ctx's error if ctx ends first.
-func (b *backoff) wait(ctx context.Context) error {
-	if b.delay == 0 {
-		b.delay = b.p.first
-	}
-	t := time.NewTimer(rand.N(b.delay + 1))
-	defer t.Stop()
-	b.delay = min(2*b.delay, b.p.max)
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// keyLocks is a set of per-key locks that are acquired in arrival order and
-// give up when the caller's context ends. A key's lock exists only while
-// someone holds or waits for it.
-type keyLocks struct {
-	mu    sync.Mutex
-	locks map[string]*keyLock
-}
-
-type keyLock struct {
-	sem  chan struct{} // holds a token while the lock is held
-	refs int           // holders and waiters
-}
-
-func (k *keyLocks) lock(ctx context.Context, key string) (*keyLock, error) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*keyLock{}
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyLock{sem: make(chan struct{}, 1)}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	select {
-	case l.sem <- struct{}{}:
-		return l, nil
-	case <-ctx.Done():
-		k.release(key, l)
-		return nil, ctx.Err()
-	}
-}
-
-func (k *keyLocks) unlock(key string, l *keyLock) {
-	<-l.sem
-	k.release(key, l)
-}
-
-func (k *keyLocks) release(key string, l *keyLock) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if l.refs--; l.refs == 0 {
-		delete(k.locks, key)
-	}
-}
+// conflictBackoff paces retries after losing a race to another process.
+var conflictBackoff = keyed.Backoff{First: time.Millisecond, Max: 100 * time.Millisecond}
 
 // RecordEffect implements fleet.Store.
 func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) {

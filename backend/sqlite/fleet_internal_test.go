@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"errors"
+	"github.com/dronehub/dronehub/internal/keyed"
 	"path/filepath"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ func TestFleetUpdateOutlastsConflicts(t *testing.T) {
 		return b.Fleet()
 	}
 	a, b := open(), open()
-	a.backoff = backoffPolicy{first: time.Millisecond, max: 2 * time.Millisecond}
+	a.backoff = keyed.Backoff{First: time.Millisecond, Max: 2 * time.Millisecond}
 	if _, err := a.AddDrone(ctx, "d-1", domain.LatLon{}); err != nil {
 		t.Fatal(err)
 	}
@@ -117,10 +118,7 @@ func TestFleetUpdateWaitEndsWithContext(t *testing.T) {
 	if d, err := f.Drone(ctx, "d-1"); err != nil || d.Frames != 1 {
 		t.Fatalf("d-1 = %+v, %v", d, err)
 	}
-	f.locks.mu.Lock()
-	left := len(f.locks.locks)
-	f.locks.mu.Unlock()
-	if left != 0 {
+	if left := f.locks.Len(); left != 0 {
 		t.Fatalf("%d drone queues left with no one using them", left)
 	}
 }
