@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
@@ -164,4 +165,30 @@ func newEvent(kind string, fill func(protoreflect.Message)) *dtbackend.HistoryEv
 
 func setField(m protoreflect.Message, name string, v protoreflect.Value) {
 	m.Set(m.Descriptor().Fields().ByName(protoreflect.Name(name)), v)
+}
+
+// NewSubOrchestrationFailedEvent returns the answer that tells a parent its
+// sub-orchestration (scheduled with event id taskScheduledID) failed with fd.
+func NewSubOrchestrationFailedEvent(taskScheduledID int32, fd *dtbackend.TaskFailureDetails) *dtbackend.HistoryEvent {
+	return newEvent("subOrchestrationInstanceFailed", func(m protoreflect.Message) {
+		setField(m, "taskScheduledId", protoreflect.ValueOfInt32(taskScheduledID))
+		setField(m, "failureDetails", protoreflect.ValueOfMessage(fd.ProtoReflect()))
+	})
+}
+
+// NewExecutionStartedEvent returns the start of execution execID of
+// instance id running orchestrator name with input, at time at.
+func NewExecutionStartedEvent(id api.InstanceID, execID, name, input string, at time.Time) *dtbackend.HistoryEvent {
+	e := newEvent("executionStarted", func(m protoreflect.Message) {
+		setField(m, "name", protoreflect.ValueOfString(name))
+		setField(m, "input", protoreflect.ValueOfMessage(wrapperspb.String(input).ProtoReflect()))
+		oi := m.NewField(m.Descriptor().Fields().ByName("orchestrationInstance")).Message()
+		setField(oi, "instanceId", protoreflect.ValueOfString(string(id)))
+		setField(oi, "executionId", protoreflect.ValueOfMessage(wrapperspb.String(execID).ProtoReflect()))
+		setField(m, "orchestrationInstance", protoreflect.ValueOfMessage(oi))
+	})
+	if !at.IsZero() {
+		e.Timestamp = timestamppb.New(at)
+	}
+	return e
 }

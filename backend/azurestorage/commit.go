@@ -16,8 +16,6 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/dronehub/dronehub/taskhub"
@@ -474,7 +472,7 @@ func (b *Backend) createChild(ctx context.Context, parent string, m outMsg) erro
 	}
 	es := e.GetExecutionStarted()
 	b.log.Warn("azurestorage: sub-orchestration id is taken by a running instance; failing the call", "instance", parent, "child", es.GetOrchestrationInstance().GetInstanceId())
-	answer := subOrchestrationFailed(es.GetParentInstance().GetTaskScheduledId(), e.GetTimestamp(), &dtbackend.TaskFailureDetails{
+	answer := taskhub.NewSubOrchestrationFailedEvent(es.GetParentInstance().GetTaskScheduledId(), &dtbackend.TaskFailureDetails{
 		ErrorType:    "InstanceIdInUse",
 		ErrorMessage: fmt.Sprintf("instance id %q is used by a running orchestration", es.GetOrchestrationInstance().GetInstanceId()),
 	})
@@ -693,18 +691,4 @@ func (b *Backend) submit(ctx context.Context, actions []aztables.TransactionActi
 		_, err := b.history.SubmitTransaction(ctx, actions, nil)
 		return err
 	})
-}
-
-// subOrchestrationFailed builds a SubOrchestrationInstanceFailed event.
-// durabletask-go keeps its protobuf types internal, so the event is built
-// through protobuf reflection on the exported HistoryEvent.
-func subOrchestrationFailed(taskID int32, at *timestamppb.Timestamp, fd *dtbackend.TaskFailureDetails) *dtbackend.HistoryEvent {
-	ev := &dtbackend.HistoryEvent{EventId: -1, Timestamp: at}
-	m := ev.ProtoReflect()
-	field := m.Descriptor().Fields().ByName("subOrchestrationInstanceFailed")
-	sub := m.NewField(field).Message()
-	sub.Set(sub.Descriptor().Fields().ByName("taskScheduledId"), protoreflect.ValueOfInt32(taskID))
-	sub.Set(sub.Descriptor().Fields().ByName("failureDetails"), protoreflect.ValueOfMessage(fd.ProtoReflect()))
-	m.Set(field, protoreflect.ValueOfMessage(sub))
-	return ev
 }

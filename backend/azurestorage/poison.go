@@ -9,9 +9,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/timestamppb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/dronehub/dronehub/taskhub"
 )
@@ -173,21 +170,7 @@ func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.Tas
 // startFromSentinel rebuilds the ExecutionStarted event of an instance
 // that was created but never ran.
 func startFromSentinel(e entity) *dtbackend.HistoryEvent {
-	ev := &dtbackend.HistoryEvent{EventId: -1, Timestamp: timestamppb.Now()}
-	m := ev.ProtoReflect()
-	f := m.Descriptor().Fields().ByName("executionStarted")
-	es := m.NewField(f).Message()
-	es.Set(es.Descriptor().Fields().ByName("name"), protoreflect.ValueOfString(e.str("Name")))
-	es.Set(es.Descriptor().Fields().ByName("input"), protoreflect.ValueOfMessage(wrapperspb.String(e.str("Input")).ProtoReflect()))
-	oi := es.NewField(es.Descriptor().Fields().ByName("orchestrationInstance")).Message()
-	oi.Set(oi.Descriptor().Fields().ByName("instanceId"), protoreflect.ValueOfString(e.str("InstanceID")))
-	oi.Set(oi.Descriptor().Fields().ByName("executionId"), protoreflect.ValueOfMessage(wrapperspb.String(e.str("ExecutionID")).ProtoReflect()))
-	es.Set(es.Descriptor().Fields().ByName("orchestrationInstance"), protoreflect.ValueOfMessage(oi))
-	m.Set(f, protoreflect.ValueOfMessage(es))
-	if t := parseTime(e.str("CreatedTime")); !t.IsZero() {
-		ev.Timestamp = timestamppb.New(t)
-	}
-	return ev
+	return taskhub.NewExecutionStartedEvent(api.InstanceID(e.str("InstanceID")), e.str("ExecutionID"), e.str("Name"), e.str("Input"), parseTime(e.str("CreatedTime")))
 }
 
 // staleDeadLetter reports why a dead letter can no longer reach the
