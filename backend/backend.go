@@ -45,8 +45,9 @@ type Options struct {
 	// Storage hub (1-16, default 4), fixed when the hub is created. Ignored
 	// by SQLite.
 	Partitions int
-	// MaxDequeueCount is how many times a work item may be fetched without
-	// completing before it is set aside as a dead letter; default 10.
+	// MaxDequeueCount is how many failed executions of a work item (its
+	// episode failed, or its worker died holding it) set it aside as a dead
+	// letter; hand-backs and storage errors do not count. Default 10.
 	MaxDequeueCount int
 	// MustExist makes Open fail with ErrHubNotFound instead of creating a
 	// hub that does not exist yet (for inspection and deletion).

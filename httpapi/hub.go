@@ -72,6 +72,10 @@ func (h *handler) replayDeadLetter(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, taskhub.ErrDeadLetterNotFound):
 		problem(w, http.StatusNotFound, fmt.Sprintf("no dead letter with id %q", id))
+	case errors.Is(err, taskhub.ErrDeadLetterStale):
+		// Not a storage failure: the message can no longer reach its
+		// execution, and the backend has dropped it.
+		problem(w, http.StatusGone, fmt.Sprintf("dead letter %q was dropped, not replayed: %v", id, err))
 	case err != nil:
 		h.storageError(w, r, "replay dead letter", err)
 	default:
