@@ -34,9 +34,16 @@ func noWork(ctx context.Context) error {
 // this process's own enqueues and completions and by due timers, gives low
 // latency without the polling worker's backoff.
 func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.OrchestrationWorkItem, error) {
+	return waitFor(ctx, &b.orchWake, b.nextOrchestration, func() time.Duration { return b.untilNextEvent(ctx) })
+}
+
+// waitFor runs next until it finds work, ctx ends, or it fails; between
+// empty tries it sleeps until wake fires or idle() passes. next returns
+// again when it handled work itself and should be called at once.
+func waitFor[W any](ctx context.Context, wake *taskhub.Wake, next func(context.Context) (*W, bool, error), idle func() time.Duration) (*W, error) {
 	for {
-		wake := b.orchWake.C()
-		wi, again, err := b.nextOrchestration(ctx)
+		woken := wake.C()
+		wi, again, err := next(ctx)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return nil, noWork(ctx)
@@ -47,7 +54,7 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 		case again:
 			continue
 		}
-		if !taskhub.Sleep(ctx, wake, b.untilNextEvent(ctx)) {
+		if !taskhub.Sleep(ctx, woken, idle()) {
 			return nil, noWork(ctx)
 		}
 	}
@@ -478,23 +485,7 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 // GetActivityWorkItem waits until an activity is ready or ctx ends, like
 // GetOrchestrationWorkItem.
 func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityWorkItem, error) {
-	for {
-		wake := b.actWake.C()
-		wi, again, err := b.nextActivity(ctx)
-		switch {
-		case err != nil && ctx.Err() != nil:
-			return nil, noWork(ctx)
-		case err != nil:
-			return nil, err
-		case wi != nil:
-			return wi, nil
-		case again:
-			continue
-		}
-		if !taskhub.Sleep(ctx, wake, b.opts.PollInterval) {
-			return nil, noWork(ctx)
-		}
-	}
+	return waitFor(ctx, &b.actWake, b.nextActivity, func() time.Duration { return b.opts.PollInterval })
 }
 
 // nextActivity locks the oldest activity message that is not locked. One
