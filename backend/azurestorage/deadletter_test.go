@@ -186,8 +186,8 @@ func TestDeadLetterOneMiB(t *testing.T) {
 		t.Fatalf("dequeue: %v", err)
 	}
 	text := randomText(1 << 20)
-	m := &inMsg{queue: b.work, partition: -1, msgID: *resp.Messages[0].MessageID, pop: *resp.Messages[0].PopReceipt,
-		content: text, dequeueCount: 2, dequeuedAt: time.Now()}
+	m := newInMsg(b.work, -1, *resp.Messages[0].MessageID, *resp.Messages[0].PopReceipt, time.Now())
+	m.content, m.dequeueCount = text, 2
 	if err := b.deadLetter(ctx, m, "test", 2, ""); err != nil {
 		t.Fatalf("deadLetter of 1 MiB: %v", err)
 	}

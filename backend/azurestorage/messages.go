@@ -9,6 +9,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
@@ -165,18 +166,26 @@ type inMsg struct {
 	// lk serialises the storage calls on the message (renew, release,
 	// delete: each changes or needs the pop receipt) and guards the
 	// fields below.
-	lk         sync.Mutex
-	pop        string
-	content    string
-	dequeuedAt time.Time // when the current lock began (dequeue or renewal)
-	gone       bool      // deleted or released: no longer ours to renew
+	lk      sync.Mutex
+	pop     string
+	content string
+	gone    bool // deleted or released: no longer ours to renew
+
+	// lockNs is when the current lock began (dequeue or renewal), unix
+	// nanoseconds. Atomic, not under lk: lk is held across storage calls,
+	// and keepLocks reads every held message's time under the backend's
+	// mutex, which must never wait for a request.
+	lockNs atomic.Int64
 }
 
 // lockedAt is when the message's current lock began.
-func (m *inMsg) lockedAt() time.Time {
-	m.lk.Lock()
-	defer m.lk.Unlock()
-	return m.dequeuedAt
+func (m *inMsg) lockedAt() time.Time { return time.Unix(0, m.lockNs.Load()) }
+
+// newInMsg is a message just dequeued: its lock began at now.
+func newInMsg(q *azqueue.QueueClient, partition int, msgID, pop string, now time.Time) *inMsg {
+	m := &inMsg{queue: q, partition: partition, msgID: msgID, pop: pop}
+	m.lockNs.Store(now.UnixNano())
+	return m
 }
 
 // decode parses a dequeued message and loads its event (from a blob if needed).
@@ -218,7 +227,7 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 	now := time.Now()
 	var out []*inMsg
 	for _, m := range resp.Messages {
-		im := &inMsg{queue: q, partition: partition, msgID: *m.MessageID, pop: *m.PopReceipt, dequeuedAt: now}
+		im := newInMsg(q, partition, *m.MessageID, *m.PopReceipt, now)
 		if m.MessageText != nil {
 			im.content = *m.MessageText
 		}
@@ -331,7 +340,7 @@ func (b *Backend) renew(ctx context.Context, m *inMsg) error {
 		}
 		return fmt.Errorf("azurestorage: renew message in %s: %w", queueName(m.queue), err)
 	}
-	m.dequeuedAt = at
+	m.lockNs.Store(at.UnixNano())
 	return nil
 }
 

@@ -109,7 +109,7 @@ func (b *Backend) ReceiveTelemetry(ctx context.Context, limit int, visibility ti
 	}
 	var out []taskhub.TelemetryMessage
 	for _, m := range resp.Messages {
-		im := &inMsg{queue: b.tele, partition: -1, msgID: *m.MessageID, pop: *m.PopReceipt, dequeuedAt: time.Now()}
+		im := newInMsg(b.tele, -1, *m.MessageID, *m.PopReceipt, time.Now())
 		if m.MessageText != nil {
 			im.content = *m.MessageText
 		}
