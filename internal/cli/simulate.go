@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
@@ -69,13 +71,16 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 	// load shedding (429): it is resent, to the next --url when there are
 	// several, with back-off. Each is idempotent: missions get an id here,
 	// and a resent telemetry batch comes back as duplicates.
+	// Retry notices come from the flights' goroutines while this one
+	// prints progress: one lock for everything simulate writes to stderr.
+	stderr := &lockedWriter{w: a.Stderr}
 	var retries atomic.Int64
 	var lastNotice atomic.Int64
 	notice := func(err error) {
 		retries.Add(1)
 		if now := time.Now().UnixNano(); now-lastNotice.Load() > int64(time.Second) {
 			lastNotice.Store(now)
-			fmt.Fprintf(a.Stderr, "retrying: %v\n", firstLine(err))
+			fmt.Fprintf(stderr, "retrying: %v\n", firstLine(err))
 		}
 	}
 
@@ -97,7 +102,7 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			}
 			ids = append(ids, acc.ID)
 		}
-		fmt.Fprintf(a.Stderr, "started %d missions\n", len(ids))
+		fmt.Fprintf(stderr, "started %d missions\n", len(ids))
 	}
 	if len(ids) == 0 {
 		return errors.New("nothing to fly: give --missions N or --attach IDS")
@@ -113,7 +118,7 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			return err
 		}
 		if st.Route == nil {
-			fmt.Fprintf(a.Stderr, "mission %s ended before its drone left (%s: %s)\n", id, st.Phase, st.Failure)
+			fmt.Fprintf(stderr, "mission %s ended before its drone left (%s: %s)\n", id, st.Phase, st.Failure)
 			continue
 		}
 		var ds httpapi.DroneStatus
@@ -156,10 +161,10 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			}
 			waiting = false
 		case <-progress.C:
-			fmt.Fprintf(a.Stderr, "%4.0fs  %d frames sent, %d accepted%s\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
+			fmt.Fprintf(stderr, "%4.0fs  %d frames sent, %d accepted%s\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
 		}
 	}
-	fmt.Fprintf(a.Stderr, "flights over after %.0fs: %d frames sent, %d accepted%s; waiting for missions to end\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
+	fmt.Fprintf(stderr, "flights over after %.0fs: %d frames sent, %d accepted%s; waiting for missions to end\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
 
 	results := make([]httpapi.Status, 0, len(ids))
 	for _, id := range ids {
@@ -259,4 +264,16 @@ func wait(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
