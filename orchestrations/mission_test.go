@@ -125,7 +125,6 @@ func TestMissionFailuresCompensate(t *testing.T) {
 			{name: "fault-before-pickup", fault: simulator.FaultHealth, at: 0.1, wantPhase: domain.PhaseFailed, wantFailure: "fault: gyrometer", wantUndo: early},
 			{name: "fault-after-pickup", fault: simulator.FaultHealth, at: 0.45, wantPhase: domain.PhaseFailed, wantFailure: "fault: gyrometer", wantUndo: afterPickup},
 			{name: "low-battery", fault: simulator.FaultLowBattery, at: 0.1, wantPhase: domain.PhaseFailed, wantFailure: "below the 20% floor", wantUndo: early},
-			{name: "drone-lost", fault: simulator.FaultSilence, at: 0.45, wantPhase: domain.PhaseFailed, wantFailure: "lost: no telemetry", wantUndo: afterPickup},
 			{name: "deadline", deadline: 1500 * time.Millisecond, wantPhase: domain.PhaseFailed, wantFailure: "deadline", wantUndo: early},
 			{name: "activity-fails", failActivity: activities.ConfirmPickup, wantPhase: domain.PhaseFailed, wantFailure: "confirm pickup failed", wantUndo: early},
 			{name: "operator-cancel", cancel: true, wantPhase: domain.PhaseCancelled, wantFailure: "customer changed plans", wantUndo: early},
@@ -142,78 +141,116 @@ func TestMissionFailuresCompensate(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
-				ctx := context.Background()
-				req := testkit.Request(tc.name)
-				if tc.deadline > 0 {
-					req.Deadline = time.Now().Add(tc.deadline)
-				}
-				id, err := w.StartMission(ctx, req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				st := testkit.AwaitDispatched(t, w, id)
-				switch {
-				case tc.cancel:
-					payload, _ := json.Marshal(domain.Signal{Kind: domain.SignalCancel, Reason: "customer changed plans"})
-					if err := w.Client().RaiseEvent(ctx, api.InstanceID(id), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
-						t.Fatal(err)
-					}
-				case tc.deadline > 0:
-					// No telemetry: the deadline passes before the watchdog.
-				default:
-					if err := simulator.Fly(ctx, testkit.Sink(t, w), 0, testkit.Flight(t, w, st, tc.fault, tc.at)); err != nil {
-						t.Fatal(err)
-					}
-				}
-				out, md := testkit.AwaitEnd(t, w, id, 30*time.Second)
-				if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
-					t.Fatalf("runtime status %v, want Completed (the outcome is in output.phase)", md.RuntimeStatus)
-				}
-				if out.Phase != tc.wantPhase || !strings.Contains(out.Failure, tc.wantFailure) {
-					t.Fatalf("phase %s failure %q, want %s containing %q; status %+v", out.Phase, out.Failure, tc.wantPhase, tc.wantFailure, out)
-				}
-				var steps []string
-				for _, c := range out.Compensations {
-					steps = append(steps, c.Step)
-					if c.Status != "compensated" {
-						t.Errorf("compensation %s: %s %s", c.Step, c.Status, c.Error)
-					}
-				}
-				if !slices.Equal(steps, tc.wantUndo) {
-					t.Fatalf("compensations %v, want %v", steps, tc.wantUndo)
-				}
-				undoActivity := map[string]string{
-					"reschedule-package": activities.ReschedulePackage, "recall-drone": activities.RecallDrone,
-					"release-drone": activities.ReleaseDrone, "notify-customer": activities.NotifyCustomer,
-				}
-				for _, s := range tc.wantUndo {
-					if n := calls.Count(undoActivity[s], id); n != 1 {
-						t.Errorf("%s ran %d times, want exactly 1", undoActivity[s], n)
-					}
-				}
-				// The recorded side effects show the undos ran in reverse order.
-				undoEffect := map[string]string{
-					"reschedule-package": activities.EffectRescheduled, "recall-drone": activities.EffectRecalled,
-					"release-drone": activities.EffectReleased, "notify-customer": activities.EffectCustomerNotified,
-				}
-				var want []string
-				for _, s := range tc.wantUndo {
-					want = append(want, undoEffect[s])
-				}
-				kinds := effectKinds(t, w, id)
-				if got := kinds[len(kinds)-len(want):]; !slices.Equal(got, want) {
-					t.Errorf("last effects %v, want %v", got, want)
-				}
-				d, err := w.Fleet().Drone(ctx, st.DroneID)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if d.MissionID == id {
-					t.Errorf("drone %s still reserved by %s after compensation", d.ID, id)
-				}
+				flyFailure(t, w, calls, tc, nil)
 			})
 		}
 	})
+}
+
+// TestLostDroneFailsItsMission: a drone that stops reporting after pickup
+// is declared lost by the watchdog, and the mission compensates. The test
+// drives the watchdog, so only the drone's silence, not a stall of the
+// machine, can raise the alarm; the mission still checks the alarm against
+// its own clock (no telemetry for half its watchdog period).
+func TestLostDroneFailsItsMission(t *testing.T) {
+	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		cfg.ExternalWatchdog = true
+		cfg.Mission.Watchdog = 2 * time.Second
+		calls := &testkit.Calls{}
+		cfg.ActivityMiddleware = calls.Middleware()
+		w := testkit.Start(t, cfg)
+		wd := testkit.NewWatchdog(t, w, cfg.Mission.Watchdog)
+		tc := failureCase{name: "drone-lost", fault: simulator.FaultSilence, at: 0.45, wantPhase: domain.PhaseFailed, wantFailure: "lost: no telemetry",
+			wantUndo: []string{"reschedule-package", "recall-drone", "release-drone", "notify-customer"}}
+		flyFailure(t, w, calls, tc, func(id string) {
+			// While the drone flew, no scan ran: nothing but its silence
+			// now can end the mission.
+			if md := testkit.Metadata(t, w, id); md.RuntimeStatus != api.RUNTIME_STATUS_RUNNING {
+				t.Fatalf("mission %s is %v before the watchdog ran, want Running", id, md.RuntimeStatus)
+			}
+			wd.Advance(t, 30*time.Second, "the watchdog to declare the drone lost", func() bool {
+				return testkit.Metadata(t, w, id).RuntimeStatus != api.RUNTIME_STATUS_RUNNING
+			})
+		})
+	})
+}
+
+// flyFailure runs one failure case on w and checks its outcome and
+// compensations; afterFlight, when set, runs once the simulated flight
+// ended.
+func flyFailure(t *testing.T, w *worker.Worker, calls *testkit.Calls, tc failureCase, afterFlight func(id string)) {
+	ctx := context.Background()
+	req := testkit.Request(tc.name)
+	if tc.deadline > 0 {
+		req.Deadline = time.Now().Add(tc.deadline)
+	}
+	id, err := w.StartMission(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := testkit.AwaitDispatched(t, w, id)
+	switch {
+	case tc.cancel:
+		payload, _ := json.Marshal(domain.Signal{Kind: domain.SignalCancel, Reason: "customer changed plans"})
+		if err := w.Client().RaiseEvent(ctx, api.InstanceID(id), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+			t.Fatal(err)
+		}
+	case tc.deadline > 0:
+		// No telemetry: the deadline passes before the watchdog.
+	default:
+		if err := simulator.Fly(ctx, testkit.Sink(t, w), 0, testkit.Flight(t, w, st, tc.fault, tc.at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if afterFlight != nil {
+		afterFlight(id)
+	}
+	out, md := testkit.AwaitEnd(t, w, id, 30*time.Second)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+		t.Fatalf("runtime status %v, want Completed (the outcome is in output.phase)", md.RuntimeStatus)
+	}
+	if out.Phase != tc.wantPhase || !strings.Contains(out.Failure, tc.wantFailure) {
+		t.Fatalf("phase %s failure %q, want %s containing %q; status %+v", out.Phase, out.Failure, tc.wantPhase, tc.wantFailure, out)
+	}
+	var steps []string
+	for _, c := range out.Compensations {
+		steps = append(steps, c.Step)
+		if c.Status != "compensated" {
+			t.Errorf("compensation %s: %s %s", c.Step, c.Status, c.Error)
+		}
+	}
+	if !slices.Equal(steps, tc.wantUndo) {
+		t.Fatalf("compensations %v, want %v", steps, tc.wantUndo)
+	}
+	undoActivity := map[string]string{
+		"reschedule-package": activities.ReschedulePackage, "recall-drone": activities.RecallDrone,
+		"release-drone": activities.ReleaseDrone, "notify-customer": activities.NotifyCustomer,
+	}
+	for _, s := range tc.wantUndo {
+		if n := calls.Count(undoActivity[s], id); n != 1 {
+			t.Errorf("%s ran %d times, want exactly 1", undoActivity[s], n)
+		}
+	}
+	// The recorded side effects show the undos ran in reverse order.
+	undoEffect := map[string]string{
+		"reschedule-package": activities.EffectRescheduled, "recall-drone": activities.EffectRecalled,
+		"release-drone": activities.EffectReleased, "notify-customer": activities.EffectCustomerNotified,
+	}
+	var want []string
+	for _, s := range tc.wantUndo {
+		want = append(want, undoEffect[s])
+	}
+	kinds := effectKinds(t, w, id)
+	if got := kinds[len(kinds)-len(want):]; !slices.Equal(got, want) {
+		t.Errorf("last effects %v, want %v", got, want)
+	}
+	d, err := w.Fleet().Drone(ctx, st.DroneID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.MissionID == id {
+		t.Errorf("drone %s still reserved by %s after compensation", d.ID, id)
+	}
 }
 
 func TestMissionSurvivesWorkerRestart(t *testing.T) {
@@ -322,29 +359,59 @@ func TestMissionHistoryStaysBounded(t *testing.T) {
 // TestMissionOutlivesItsWatchdog flies in real time for several watchdog
 // periods with telemetry flowing all along: the mission must complete, not
 // be declared lost. (Waits with a timeout in durabletask-go v0.6.0 broke
-// exactly this; see the fly method.)
+// exactly this; see the fly method.) After every post the watchdog scans
+// at a tenth of a period before the drone would count as silent, on a
+// clock set from the frame's stored receive time, so the check is as tight
+// as it can be and still independent of how the machine schedules the test.
 func TestMissionOutlivesItsWatchdog(t *testing.T) {
 	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
+		cfg.ExternalWatchdog = true
 		cfg.Mission.Watchdog = time.Second
 		cfg.Heartbeat = 200 * time.Millisecond
 		w := testkit.Start(t, cfg)
+		wd := testkit.NewWatchdog(t, w, cfg.Mission.Watchdog)
 		ctx := context.Background()
 		id, err := w.StartMission(ctx, testkit.Request("paced"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		st := testkit.AwaitDispatched(t, w, id)
+		wd.ScanAt(t, time.Now())
 		flight := testkit.Flight(t, w, st, simulator.FaultNone, 0)
+		sink := testkit.Sink(t, w)
+		scans := 0
+		scanning := simulator.SinkFunc(func(ctx context.Context, frames []domain.Frame) error {
+			if err := sink.Send(ctx, frames); err != nil {
+				return err
+			}
+			d, err := w.Fleet().Drone(ctx, st.DroneID)
+			if err != nil {
+				return err
+			}
+			wd.ScanAt(t, d.LastFrameAt.Add(cfg.Mission.Watchdog*9/10))
+			scans++
+			return nil
+		})
 		start := time.Now()
-		if err := simulator.Fly(ctx, testkit.Sink(t, w), 50*time.Millisecond, flight); err != nil {
+		if err := simulator.Fly(ctx, scanning, 50*time.Millisecond, flight); err != nil {
 			t.Fatal(err)
 		}
 		if flown := time.Since(start); flown < 3*cfg.Mission.Watchdog {
 			t.Fatalf("flight took %s; it must outlast the %s watchdog several times to test anything", flown, cfg.Mission.Watchdog)
 		}
+		if span := wd.Now().Sub(start); span < 2*cfg.Mission.Watchdog {
+			t.Fatalf("the watchdog's clock moved %s over %d scans; it must hear the drone for over a period to test anything", span, scans)
+		}
 		out, _ := testkit.AwaitEnd(t, w, id, 30*time.Second)
 		if out.Phase != domain.PhaseCompleted {
 			t.Fatalf("phase %s (%s), want Completed", out.Phase, out.Failure)
+		}
+		d, err := w.Fleet().Drone(ctx, st.DroneID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.LastAlarmAt.IsZero() {
+			t.Fatalf("the watchdog raised an alarm at %s for a drone reporting all along", d.LastAlarmAt)
 		}
 	})
 }
@@ -390,9 +457,9 @@ func TestMissionCompletesWithBatchedTelemetry(t *testing.T) {
 // runs no compensation: the watchdog must free the drone it held.
 func TestTerminatedMissionFreesItsDrone(t *testing.T) {
 	testkit.EachBackend(t, &azr, func(t *testing.T, cfg worker.Config) {
-		cfg.Mission.Watchdog = time.Second
-		cfg.Heartbeat = 200 * time.Millisecond
+		cfg.ExternalWatchdog = true
 		w := testkit.Start(t, cfg)
+		wd := testkit.NewWatchdog(t, w, cfg.Mission.Watchdog)
 		ctx := context.Background()
 		id, err := w.StartMission(ctx, testkit.Request("terminated"))
 		if err != nil {
@@ -402,7 +469,7 @@ func TestTerminatedMissionFreesItsDrone(t *testing.T) {
 		if err := w.Client().TerminateOrchestration(ctx, api.InstanceID(id)); err != nil {
 			t.Fatal(err)
 		}
-		testkit.Eventually(t, 15*time.Second, "the terminated mission's drone to be freed", func() bool {
+		wd.Advance(t, 15*time.Second, "the terminated mission's drone to be freed", func() bool {
 			d, err := w.Fleet().Drone(ctx, st.DroneID)
 			return err == nil && d.MissionID == "" && d.Route == nil
 		})

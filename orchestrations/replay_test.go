@@ -39,7 +39,10 @@ func TestRecordHistories(t *testing.T) {
 		t.Skip("run with -update to record histories")
 	}
 	cfg := testkit.Config(t)
+	cfg.ExternalWatchdog = true
+	cfg.Mission.Watchdog = 2 * time.Second
 	w := testkit.Start(t, cfg)
+	wd := testkit.NewWatchdog(t, w, cfg.Mission.Watchdog)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name  string
@@ -52,6 +55,11 @@ func TestRecordHistories(t *testing.T) {
 		st := testkit.AwaitDispatched(t, w, id)
 		if err := simulator.Fly(ctx, testkit.Sink(t, w), 0, testkit.Flight(t, w, st, tc.fault, 0.45)); err != nil {
 			t.Fatal(err)
+		}
+		if tc.fault == simulator.FaultSilence {
+			wd.Advance(t, 30*time.Second, "the watchdog to declare the drone lost", func() bool {
+				return testkit.Metadata(t, w, id).RuntimeStatus != api.RUNTIME_STATUS_RUNNING
+			})
 		}
 		testkit.AwaitEnd(t, w, id, 30*time.Second)
 		state, err := w.Backend().GetOrchestrationRuntimeState(ctx, &dtbackend.OrchestrationWorkItem{InstanceID: api.InstanceID(id)})

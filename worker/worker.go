@@ -60,6 +60,16 @@ type Config struct {
 	// while its drone reports; it must be shorter than Mission.Watchdog.
 	// Default a third of the watchdog.
 	Heartbeat time.Duration
+	// WatchdogInterval is how often the drone watchdog scans the fleet for
+	// silent drones, passed deadlines and ended missions' drones; default a
+	// quarter of Mission.Watchdog, between 250 ms and 5 s.
+	WatchdogInterval time.Duration
+	// ExternalWatchdog leaves the drone watchdog to the program: the worker
+	// runs none, and something else must (activities.NewWatchdog over
+	// Worker.Fleet and Worker.Client, in this process or another sharing
+	// the hub), or silent drones and passed deadlines go unnoticed. Tests
+	// use it to decide when time passes for the watchdog.
+	ExternalWatchdog bool
 	// SeedDrones is the size of the demo fleet created on an empty fleet
 	// (drone-1 … drone-N at SeedBase). Default 5; negative disables.
 	SeedDrones int
@@ -192,6 +202,9 @@ func (c Config) validate() error {
 	if c.MaxInFlight < 1 || c.MaxBodyMemory < httpapi.MaxMissionBody {
 		return fmt.Errorf("max in-flight requests %d must be at least 1 and max body memory %d at least %d bytes", c.MaxInFlight, c.MaxBodyMemory, httpapi.MaxMissionBody)
 	}
+	if c.WatchdogInterval < 0 {
+		return fmt.Errorf("watchdog interval %s must be positive", c.WatchdogInterval)
+	}
 	if c.StorageTimeout < 0 || c.WriteTimeout < 0 {
 		return fmt.Errorf("storage timeout %s and write timeout %s must be positive", c.StorageTimeout, c.WriteTimeout)
 	}
@@ -276,7 +289,9 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 		client:   client,
 		runner:   taskhub.NewRunner(gate, log, ow, aw),
 		ingestor: ingestor,
-		watchdog: activities.NewWatchdog(hub.Fleet, client, activities.WatchdogOptions{Silence: cfg.Mission.Watchdog, Logger: log}),
+		watchdog: activities.NewWatchdog(hub.Fleet, client, activities.WatchdogOptions{
+			Silence: cfg.Mission.Watchdog, Interval: cfg.WatchdogInterval, Logger: log,
+		}),
 		log:      log,
 	}
 	proxies, _ := httpapi.ParseTrustedProxies(cfg.TrustedProxies) // checked by validate
@@ -376,7 +391,11 @@ func (w *Worker) Start(ctx context.Context) error {
 	// Background loops outlive ctx's caller: Shutdown stops them.
 	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.stopBG = cancel
-	for _, loop := range []func(context.Context){w.watchdog.Run, w.drainTelemetry, w.logStorageRequests} {
+	loops := []func(context.Context){w.drainTelemetry, w.logStorageRequests}
+	if !w.cfg.ExternalWatchdog {
+		loops = append(loops, w.watchdog.Run)
+	}
+	for _, loop := range loops {
 		w.bg.Add(1)
 		go func() { defer w.bg.Done(); loop(bctx) }()
 	}

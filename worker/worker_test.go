@@ -26,7 +26,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		edit func(*worker.Config)
 		want string
 	}{
-		{"heartbeat", func(c *worker.Config) { c.Heartbeat = 2 * time.Second }, "heartbeat"},
+		{"heartbeat", func(c *worker.Config) { c.Heartbeat = c.Mission.Watchdog / 2 }, "heartbeat"},
+		{"watchdog interval", func(c *worker.Config) { c.WatchdogInterval = -time.Second }, "watchdog interval"},
 		{"watchdog", func(c *worker.Config) { c.Mission.Watchdog = time.Millisecond }, "watchdog"},
 		{"battery", func(c *worker.Config) { c.Mission.BatteryFloor = 1.5 }, "battery floor"},
 		{"concurrency", func(c *worker.Config) { c.ActivityConcurrency = -1 }, "concurrency"},

@@ -36,13 +36,21 @@ func Logger() *slog.Logger {
 
 // Config returns a worker config for tests: a fresh SQLite file, three demo
 // drones, timeouts small enough for tests.
+//
+// Its watchdog silence is a minute, far longer than any test, so that a
+// scheduler stall on a loaded machine (a telemetry post held up for
+// seconds under -race) cannot get a healthy mission declared lost. Tests of
+// silence set ExternalWatchdog and drive a Watchdog, which decides when
+// time passes. The scan interval stays short for deadlines and freed
+// drones.
 func Config(t testing.TB) worker.Config {
 	return worker.Config{
-		Storage:     filepath.Join(t.TempDir(), "hub.db"),
-		SeedDrones:  3,
-		LockTimeout: 5 * time.Second,
+		Storage:          filepath.Join(t.TempDir(), "hub.db"),
+		SeedDrones:       3,
+		LockTimeout:      5 * time.Second,
+		WatchdogInterval: 250 * time.Millisecond,
 		Mission: orchestrations.MissionSettings{
-			Watchdog:              3 * time.Second,
+			Watchdog:              time.Minute,
 			ActivityAttempts:      2,
 			ActivityRetryInterval: 100 * time.Millisecond,
 		},
@@ -80,6 +88,73 @@ func Stop(t testing.TB, w *worker.Worker) {
 	if err := w.Shutdown(ctx); err != nil {
 		t.Errorf("shutdown: %v", err)
 	}
+}
+
+// Watchdog is a drone watchdog a test drives: it scans only when the test
+// says so, on a clock the test sets, so a scheduler stall can neither raise
+// an alarm nor hold one back. The worker must run with
+// worker.Config.ExternalWatchdog.
+type Watchdog struct {
+	silence time.Duration
+	wd      *activities.Watchdog
+	mu      sync.Mutex
+	now     time.Time
+}
+
+// NewWatchdog returns a watchdog over w's fleet with the given silence (the
+// worker's Mission.Watchdog). Its clock starts at the current time.
+func NewWatchdog(t testing.TB, w *worker.Worker, silence time.Duration) *Watchdog {
+	t.Helper()
+	if silence <= 0 {
+		t.Fatalf("watchdog silence %s must be positive", silence)
+	}
+	d := &Watchdog{silence: silence, now: time.Now()}
+	d.wd = activities.NewWatchdog(w.Fleet(), w.Client(), activities.WatchdogOptions{
+		Silence: silence, Now: d.clock, Logger: Logger(),
+	})
+	return d
+}
+
+func (d *Watchdog) clock() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.now
+}
+
+// Now is the watchdog's clock.
+func (d *Watchdog) Now() time.Time { return d.clock() }
+
+// ScanAt moves the clock to at (never back: a clock set back looks to the
+// watchdog like a stepped wall clock) and scans once.
+func (d *Watchdog) ScanAt(t testing.TB, at time.Time) {
+	t.Helper()
+	d.mu.Lock()
+	if at.After(d.now) {
+		d.now = at
+	}
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := d.wd.Scan(ctx); err != nil {
+		t.Fatalf("watchdog scan: %v", err)
+	}
+}
+
+// Advance lets watchdog time pass until cond holds: each round moves the
+// clock half a silence period past the later of itself and the wall clock
+// and scans, so a drone silent in real time is silent for the watchdog
+// within two rounds, whatever the scheduler does. It fails the test after
+// timeout of real time.
+func (d *Watchdog) Advance(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	Eventually(t, timeout, what, func() bool {
+		now := d.Now()
+		if wall := time.Now(); wall.After(now) {
+			now = wall
+		}
+		d.ScanAt(t, now.Add(d.silence/2))
+		return cond()
+	})
 }
 
 // Eventually polls cond until it holds or timeout passes.
