@@ -10,6 +10,7 @@ package azurite
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -287,3 +288,39 @@ func (l *lockedWriter) String() string {
 	defer l.mu.Unlock()
 	return l.w.String()
 }
+
+// ErrNotInstalled is wrapped by Launch's error when Azurite is not installed
+// at the module root (node_modules/.bin/azurite is missing).
+var ErrNotInstalled = errNotInstalled
+
+// Launch starts Azurite outside a test, with the ports and options Start
+// uses; the caller must Stop it. Its error wraps ErrNotInstalled when
+// Azurite is not installed at the module root, found from the working
+// directory; any other error means it is installed but did not start.
+func Launch(opts Options) (*Server, error) {
+	return start(opts)
+}
+
+// Version returns the version of the Azurite installed at the module root,
+// or "" when it cannot be read.
+func Version() string {
+	root, err := moduleRoot()
+	if err != nil {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join(root, "node_modules", "azurite", "package.json"))
+	if err != nil {
+		return ""
+	}
+	var pkg struct {
+		Version string `json:"version"`
+	}
+	if json.Unmarshal(b, &pkg) != nil {
+		return ""
+	}
+	return pkg.Version
+}
+
+// InMemory reports whether the server keeps its data in memory (no
+// Options.Location).
+func (s *Server) InMemory() bool { return s.opts.Location == "" }

@@ -42,6 +42,7 @@ Usage:
   dronehub simulate  [flags]   fly simulated drones and post their telemetry
   dronehub hub       create|info|delete   administer a task hub in storage
   dronehub deadletter list|replay          poison messages set aside by the task hub
+  dronehub bench     [flags]   measure the task-hub engines: throughput, latency, requests, CPU
 
 Client commands talk to the HTTP API at --url (DRONEHUB_URL, default http://127.0.0.1:8080)
 with --api-key (DRONEHUB_API_KEY); add --json for machine-readable output.
@@ -69,6 +70,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, env Env)
 		err = app.hub(ctx, args[1:])
 	case "deadletter", "deadletters":
 		err = app.deadLetter(ctx, args[1:])
+	case "bench":
+		err = app.bench(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -1,0 +1,284 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dronehub/dronehub/backend"
+	"github.com/dronehub/dronehub/bench"
+	"github.com/dronehub/dronehub/internal/azurite"
+)
+
+// benchAzureEnv is --azure's environment variable.
+const benchAzureEnv = "DRONEHUB_BENCH_AZURE"
+
+// benchWorkloads maps a --workloads name to the bench's workloads.
+func benchWorkloads(name string) []string {
+	switch name {
+	case "w1":
+		return []string{bench.W1}
+	case "w2":
+		return []string{bench.W2}
+	case "solo":
+		return []string{bench.SoloW1, bench.SoloW2}
+	}
+	return nil
+}
+
+type benchFlags struct {
+	w1, w2, fanout, solo, conc          int
+	engines, workloads, azure, jsonPath string
+	logLevel                            string
+	timeout                             time.Duration
+}
+
+func (a *App) bench(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(a.Stderr)
+	var f benchFlags
+	fs.IntVar(&f.w1, "w1-orchestrations", bench.DefaultW1Orchestrations, fmt.Sprintf("W1: orchestrations of %d sequential activities, all scheduled at once", bench.SequenceSteps))
+	fs.IntVar(&f.w2, "w2-orchestrations", bench.DefaultW2Orchestrations, "W2: fan-out/fan-in orchestrations, all scheduled at once")
+	fs.IntVar(&f.fanout, "w2-fanout", bench.DefaultW2Fanout, "parallel activities of each W2 (and solo fan-out) orchestration")
+	fs.IntVar(&f.solo, "solo-runs", bench.DefaultSoloRuns, "orchestrations of each shape run one at a time on an idle worker, for the solo latency")
+	fs.IntVar(&f.conc, "concurrency", bench.DefaultConcurrency, "orchestration work items, and activity work items, processed at once")
+	fs.StringVar(&f.engines, "engines", "", "comma-separated engines: "+strings.Join(bench.EngineNames(), ", ")+
+		"\n(default all that are available; "+bench.DronehubAzure+" needs --azure or Azurite installed by npm ci)")
+	fs.StringVar(&f.workloads, "workloads", "w1,w2,solo", "comma-separated workloads: w1, w2, solo")
+	fs.StringVar(&f.azure, "azure", "", "Azure Storage connection string for "+bench.DronehubAzure+" [$"+benchAzureEnv+"]; a fresh hub is made and deleted.\nWithout it, a local in-memory Azurite from node_modules is started for the run")
+	fs.StringVar(&f.jsonPath, "json", "", "also write the full results as JSON to this `file`")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Minute, "give up after this long")
+	fs.StringVar(&f.logLevel, "log-level", "", "log the engines at this level (debug, info, warn, error) to stderr; default quiet")
+	fs.Usage = func() {
+		fmt.Fprintf(a.Stderr, "Usage: dronehub bench [flags]\n\n"+
+			"Measures the task-hub engines in this process: W1 (sequences), W2 (fan-out/fan-in) and solo latency,\n"+
+			"on dronehub's backends and durabletask-go's own SQLite backend. See docs/performance.md.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: dronehub bench takes only flags (see dronehub bench -h)", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	if !given["azure"] && a.Env != nil {
+		f.azure = a.Env(benchAzureEnv)
+	}
+	opts, err := f.options()
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.DiscardHandler)
+	if f.logLevel != "" {
+		if logger, err = newLogger(a.Stderr, f.logLevel, "text"); err != nil {
+			return err
+		}
+	}
+	opts.Logger = logger
+	if f.jsonPath != "" {
+		if fi, err := os.Stat(filepath.Dir(f.jsonPath)); err != nil || !fi.IsDir() {
+			return fmt.Errorf("--json %s: the directory %s does not exist", f.jsonPath, filepath.Dir(f.jsonPath))
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	var notes []string
+	explicitAzure := slices.Contains(opts.Engines, bench.DronehubAzure)
+	if (explicitAzure || f.engines == "") && opts.AzureConnectionString == "" {
+		srv, err := azurite.Launch(azurite.Options{})
+		switch {
+		case err == nil:
+			defer srv.Stop()
+			opts.AzureConnectionString = srv.ConnectionString()
+			note := fmt.Sprintf("%s ran on Azurite %s, in memory, started by dronehub bench on 127.0.0.1 (a Node.js process beside this one: its CPU is not in CPU/ACT)",
+				bench.DronehubAzure, orDash(azurite.Version()))
+			notes = append(notes, note)
+			fmt.Fprintf(a.Stderr, "started Azurite %s (in memory) for %s\n", orDash(azurite.Version()), bench.DronehubAzure)
+		case errors.Is(err, azurite.ErrNotInstalled) && !explicitAzure:
+			notes = append(notes, bench.DronehubAzure+" did not run: no --azure and Azurite is not installed (npm ci at the module root)")
+			fmt.Fprintf(a.Stderr, "skipping %s: no --azure (or $%s) and Azurite is not installed (run npm ci at the module root)\n", bench.DronehubAzure, benchAzureEnv)
+		case errors.Is(err, azurite.ErrNotInstalled):
+			return fmt.Errorf("--engines %s needs --azure CONNECTION_STRING (or $%s), or Azurite installed by npm ci at the module root: %w", bench.DronehubAzure, benchAzureEnv, err)
+		default:
+			return fmt.Errorf("start Azurite for %s (give --azure to use other storage): %w", bench.DronehubAzure, err)
+		}
+	} else if opts.AzureConnectionString != "" && (explicitAzure || f.engines == "") {
+		notes = append(notes, bench.DronehubAzure+" ran on the storage given by --azure (or $"+benchAzureEnv+")")
+	}
+	// Without --engines, opts.Engines is empty: Run takes every engine,
+	// dronehub-azure included when it has a connection string.
+	p := newBenchProgress(a.Stderr)
+	opts.Progress = p.update
+	rep, runErr := bench.Run(ctx, opts)
+	p.clear()
+	if rep == nil {
+		return runErr
+	}
+	rep.Notes = append(notes, rep.Notes...)
+	rep.Flags = map[string]string{}
+	fs.VisitAll(func(fl *flag.Flag) { rep.Flags[fl.Name] = fl.Value.String() })
+	if rep.Flags["azure"] != "" {
+		rep.Flags["azure"] = "(given, not recorded)"
+	}
+	if runErr != nil {
+		if len(rep.Results) > 0 {
+			fmt.Fprintln(a.Stderr, "results so far:")
+			_ = rep.WriteTable(a.Stderr)
+		}
+		if errors.Is(runErr, context.DeadlineExceeded) && ctx.Err() != nil {
+			return fmt.Errorf("bench did not finish within --timeout %s: %w", f.timeout, runErr)
+		}
+		return runErr
+	}
+	if err := rep.WriteTable(a.Stdout); err != nil {
+		return err
+	}
+	if f.jsonPath != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode the results: %w", err)
+		}
+		if err := os.WriteFile(f.jsonPath, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("--json: %w", err)
+		}
+	}
+	return nil
+}
+
+// options checks the flags and turns them into bench options.
+func (f benchFlags) options() (bench.Options, error) {
+	var errs []error
+	size := func(name string, v, max int) {
+		if v < 1 || v > max {
+			errs = append(errs, fmt.Errorf("--%s %d: must be 1-%d", name, v, max))
+		}
+	}
+	size("w1-orchestrations", f.w1, bench.MaxOrchestrations)
+	size("w2-orchestrations", f.w2, bench.MaxOrchestrations)
+	size("w2-fanout", f.fanout, bench.MaxFanout)
+	size("solo-runs", f.solo, bench.MaxOrchestrations)
+	size("concurrency", f.conc, bench.MaxConcurrency)
+	if f.timeout <= 0 {
+		errs = append(errs, fmt.Errorf("--timeout %s: must be positive", f.timeout))
+	}
+	if f.azure != "" {
+		if kind, err := backend.Kind(f.azure); err != nil || kind != "azurestorage" {
+			errs = append(errs, fmt.Errorf("--azure (or $%s) is not an Azure Storage connection string or account URL; "+
+				"use e.g. DefaultEndpointsProtocol=https;AccountName=...;AccountKey=... or UseDevelopmentStorage=true", benchAzureEnv))
+		}
+	}
+	engines, err := commaList("engines", f.engines, bench.EngineNames())
+	if err != nil {
+		errs = append(errs, err)
+	}
+	names, err := commaList("workloads", f.workloads, []string{"w1", "w2", "solo"})
+	if err != nil {
+		errs = append(errs, err)
+	} else if len(names) == 0 {
+		errs = append(errs, errors.New("--workloads is empty: give one or more of w1, w2, solo"))
+	}
+	var workloads []string
+	for _, n := range names {
+		workloads = append(workloads, benchWorkloads(n)...)
+	}
+	if len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, err := range errs {
+			msgs[i] = err.Error()
+		}
+		return bench.Options{}, errors.New(strings.Join(msgs, "; "))
+	}
+	return bench.Options{
+		Engines: engines, Workloads: workloads,
+		W1Orchestrations: f.w1, W2Orchestrations: f.w2, W2Fanout: f.fanout, SoloRuns: f.solo,
+		Concurrency: f.conc, AzureConnectionString: f.azure,
+	}, nil
+}
+
+// commaList splits a comma-separated flag value, refusing names not in
+// known and repeats.
+func commaList(flagName, value string, known []string) ([]string, error) {
+	var out []string
+	for _, n := range strings.Split(value, ",") {
+		n = strings.ToLower(strings.TrimSpace(n))
+		if n == "" {
+			continue
+		}
+		if !slices.Contains(known, n) {
+			return nil, fmt.Errorf("--%s: unknown %q; use a comma-separated list of %s", flagName, n, strings.Join(known, ", "))
+		}
+		if slices.Contains(out, n) {
+			return nil, fmt.Errorf("--%s: %q is given twice", flagName, n)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// benchProgress shows a bench's progress on stderr: on a terminal one line,
+// rewritten in place; elsewhere a line per finished workload.
+type benchProgress struct {
+	w       io.Writer
+	tty     bool
+	drawn   bool
+	lastTTY time.Time
+}
+
+func newBenchProgress(w io.Writer) *benchProgress {
+	return &benchProgress{w: w, tty: isTerminal(w)}
+}
+
+func (p *benchProgress) update(pr bench.Progress) {
+	if r := pr.Result; r != nil && !p.tty {
+		took := time.Duration(r.Seconds * float64(time.Second)).Round(time.Millisecond)
+		line := fmt.Sprintf("%s %s: %d×%d in %s, p50 %.1fms", r.Engine, r.Workload, r.Orchestrations, r.ActivitiesPerOrchestration, took, r.LatencyMs.P50)
+		if !r.Solo() {
+			line += fmt.Sprintf(", %.0f activities/s", r.ActivitiesPerSecond)
+		}
+		fmt.Fprintln(p.w, line)
+		return
+	}
+	if !p.tty || (time.Since(p.lastTTY) < 100*time.Millisecond && pr.Result == nil) {
+		return
+	}
+	p.lastTTY = time.Now()
+	what := "opening and warming up"
+	if pr.Workload != "" {
+		what = fmt.Sprintf("%s %d/%d orchestrations", pr.Workload, pr.Done, pr.Total)
+	}
+	fmt.Fprintf(p.w, "\r\033[K%s: %s, %.0fs", pr.Engine, what, pr.Elapsed.Seconds())
+	p.drawn = true
+}
+
+// clear erases the progress line.
+func (p *benchProgress) clear() {
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.drawn = false
+	}
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
