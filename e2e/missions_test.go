@@ -236,6 +236,22 @@ func (d *driver) drive(ctx context.Context, i int, m *mission) error {
 		if ms.Route != nil && ms.DroneID != "" && !ms.Phase.Before(domain.PhaseHeadedToPickup) {
 			break
 		}
+		if ms.DroneID != "" {
+			// A real drone takes off when it is dispatched (the fleet's
+			// record), not when the mission's status says so: after a
+			// worker is killed between the dispatch and the mission's
+			// next commit, the status waits for the takeover, longer
+			// than the watchdog lets a dispatched drone stay silent.
+			var ds httpapi.DroneStatus
+			rctx, cancel := context.WithTimeout(wctx, requestDeadline)
+			_, n, err := c.call(rctx, http.MethodGet, "/api/drones/"+url.PathEscape(ms.DroneID)+"/status", nil, &ds, http.StatusOK)
+			cancel()
+			m.retries += n
+			if err == nil && ds.MissionID == m.id && ds.Route != nil {
+				ms.Route = ds.Route
+				break
+			}
+		}
 		if err := sleep(wctx, pollDispatch); err != nil {
 			return fmt.Errorf("await dispatch (last phase %q): %w", ms.Phase, err)
 		}

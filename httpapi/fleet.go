@@ -44,6 +44,7 @@ type DroneStatus struct {
 	DroneID      string             `json:"droneId"`
 	Home         domain.LatLon      `json:"home"`
 	MissionID    string             `json:"missionId,omitempty"`
+	Route        *domain.Route      `json:"route,omitempty"`
 	State        *domain.DroneState `json:"state"`
 	Health       string             `json:"health"`
 	Frames       int64              `json:"frames"`
@@ -51,7 +52,7 @@ type DroneStatus struct {
 }
 
 func droneStatus(d fleet.Drone) DroneStatus {
-	ds := DroneStatus{DroneID: d.ID, Home: d.Home, MissionID: d.MissionID, State: d.Tracked.State, Frames: d.Frames, Health: "unknown"}
+	ds := DroneStatus{DroneID: d.ID, Home: d.Home, MissionID: d.MissionID, Route: d.Route, State: d.Tracked.State, Frames: d.Frames, Health: "unknown"}
 	if s := d.Tracked.State; s != nil {
 		ds.Health = "ok"
 		if f := s.Health.Fault(); f != "" {

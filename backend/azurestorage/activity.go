@@ -18,11 +18,12 @@ const activityBatch = 8
 // GetOrchestrationWorkItem. A dequeue takes no more messages than there
 // are callers waiting (each caller holds a free execution slot), so
 // prefetched messages are handed out at once instead of waiting in memory
-// while their lock runs out.
+// while their lock runs out. Activities this process schedules while a
+// caller waits are delivered by hand (messages.go); the queue is polled on
+// the schedule of pollState for the rest.
 func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityWorkItem, error) {
 	b.actWaiters.Add(1)
 	defer b.actWaiters.Add(-1)
-	var idle time.Duration
 	for {
 		wake := b.actWake.C()
 		if m := b.takeActivity(ctx); m != nil {
@@ -40,12 +41,22 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
 		}
+		poll, next := b.poll.workDue()
+		if !poll {
+			if !taskhub.Sleep(ctx, wake, next) {
+				return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
+			}
+			continue
+		}
 		sctx, cancel := b.storageCtx(ctx)
 		n := int32(min(max(b.actWaiters.Load(), 1), activityBatch))
 		msgs, err := b.dequeue(sctx, b.work, -1, n)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("azurestorage: poll activity queue", "err", err)
+		}
+		if err == nil {
+			b.poll.polled(0, len(msgs), int(n))
 		}
 		if len(msgs) > 0 {
 			b.mu.Lock()
@@ -54,12 +65,6 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 			if len(msgs) > 1 {
 				b.actWake.Notify()
 			}
-			idle = 0
-			continue
-		}
-		idle = nextIdle(idle, b.opts.MaxPollInterval)
-		if !taskhub.Sleep(ctx, wake, idle) {
-			return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
 		}
 	}
 }

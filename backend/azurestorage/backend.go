@@ -57,12 +57,17 @@ type Backend struct {
 	actBuf   []*inMsg            // dequeued activity messages
 	// actWaiters counts GetActivityWorkItem calls in progress.
 	actWaiters atomic.Int32
+	// orchPolling is when GetOrchestrationWorkItem last looked for work
+	// (unix ns): control messages are delivered by hand only while it runs.
+	orchPolling atomic.Int64
 	timers     []time.Time // due times of delayed messages this process sent
 	lm         *leaseManager
 	// confirmed holds, per instance, the seenKeys of consumed messages
 	// whose deletion succeeded since its last commit (see dedupe.go).
 	confirmed map[string]map[string]bool
 	blobs     *blobCache
+	cache     *instanceCache // nil when disabled
+	poll      *pollState
 	hooks     testHooks
 	held      map[*inMsg]struct{} // messages whose locks keepLocks renews
 
@@ -134,6 +139,10 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 	for p := 0; p < n.partitions; p++ {
 		b.control = append(b.control, cl.queue.NewQueueClient(n.controlQueue(p)))
 	}
+	b.poll = newPollState(opts.MaxPollInterval)
+	if opts.InstanceCache > 0 {
+		b.cache = newInstanceCache(opts.InstanceCache)
+	}
 	b.bg, b.cancel = context.WithCancel(context.Background())
 	b.lm = newLeaseManager(b)
 	b.wg.Add(1)
@@ -175,10 +184,12 @@ func (b *Backend) Close() error {
 	b.actBuf = nil
 	b.mu.Unlock()
 	b.releaseAll(idle, 0)
-	b.cancel()
-	b.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Before the leases go: the next owners would send these outboxes again.
+	b.flushCache(ctx)
+	b.cancel()
+	b.wg.Wait()
 	b.lm.releaseAll(ctx)
 	return nil
 }
@@ -340,6 +351,14 @@ func (b *Backend) noteTimer(at time.Time) {
 	}
 	b.timers = append(b.timers, at)
 	sort.Slice(b.timers, func(i, j int) bool { return b.timers[i].Before(b.timers[j]) })
+}
+
+// timerDue reports whether a delayed message this process sent came due
+// since the last poll (without consuming it: untilTimer does).
+func (b *Backend) timerDue() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.timers) > 0 && !b.timers[0].After(time.Now())
 }
 
 // untilTimer is the time until the next noted timer, capped at d.

@@ -74,6 +74,7 @@ func BenchmarkSequence(b *testing.B) {
 	}
 	b.StopTimer()
 	total := float64(be.Counter().Total())
+	b.Logf("requests by kind: %s", be.Counter())
 	b.ReportMetric(total/float64(b.N*steps), "requests/activity")
 	b.ReportMetric(total/float64(b.N), "requests/orch")
 }

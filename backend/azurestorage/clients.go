@@ -30,6 +30,9 @@ func clientOptions(counter *Counter, service string) azcore.ClientOptions {
 	if counter != nil {
 		o.PerRetryPolicies = []policy.Policy{counter.Policy(service)}
 	}
+	if service == "table" {
+		o.PerRetryPolicies = append(o.PerRetryPolicies, capturePolicy{})
+	}
 	return o
 }
 

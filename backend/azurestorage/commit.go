@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/google/uuid"
 	"github.com/microsoft/durabletask-go/api"
@@ -70,6 +71,14 @@ type commitPlan struct {
 	newBlobs  []string // uploaded for this attempt
 	oldBlobs  []string // referenced only by what this commit replaces or deletes
 	stashLeft bool     // stashed events remain for a later episode
+
+	// For the instance cache (cache.go).
+	etag       azcore.ETag     // the status row's ETag after the commit; "" if unknown
+	deleted    map[string]bool // row keys the commit deletes
+	continued  bool            // the commit starts a new generation
+	events     []*dtbackend.HistoryEvent
+	historyRow entity // the history row written, if any
+	outboxRow  entity // the outbox row written, if any
 }
 
 // maxStashPerEpisode bounds the stashed events one commit consumes (their
@@ -102,7 +111,7 @@ func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbacke
 	ctx = retryUntil(ctx, b.lockDeadline(it.msgs))
 	if len(wi.State.NewEvents()) == 0 && len(it.stashUsed) == 0 {
 		// Nothing to record (e.g. events for a completed instance).
-		for _, row := range it.state.outbox {
+		for _, row := range slices.Concat(it.state.outbox, it.state.sent) {
 			b.deleteRow(ctx, id, row.str("RowKey")) // sent again at fetch
 		}
 		b.finishEpisode(ctx, id, it, nil)
@@ -147,7 +156,7 @@ var errCommitUnknown = errors.New("commit outcome unknown")
 func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.OrchestrationRuntimeState, it *orchItem, extra ...outMsg) (*commitPlan, error) {
 	st := it.state
 	pk := escapeKey(id)
-	plan := &commitPlan{}
+	plan := &commitPlan{deleted: map[string]bool{}, continued: state.ContinuedAsNew(), events: state.NewEvents()}
 	gen, base := st.gen(), st.historyCount()
 	if state.ContinuedAsNew() {
 		gen, base = gen+1, 0
@@ -178,6 +187,7 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 		row["N"] = len(evs)
 		rows = append(rows, aztables.TransactionAction{ActionType: aztables.TransactionTypeInsertReplace, Entity: row.marshal()})
 		written[row.str("RowKey")] = true
+		plan.historyRow = row
 	}
 	if len(out) > 0 {
 		data, err := json.Marshal(out)
@@ -195,6 +205,7 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 		plan.outboxRK = row.str("RowKey")
 		rows = append(rows, aztables.TransactionAction{ActionType: aztables.TransactionTypeInsertReplace, Entity: row.marshal()})
 		written[plan.outboxRK] = true
+		plan.outboxRow = row
 	}
 	del := func(e entity) {
 		rk := e.str("RowKey")
@@ -202,6 +213,7 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 			return
 		}
 		written[rk] = true
+		plan.deleted[rk] = true
 		rows = append(rows, aztables.TransactionAction{ActionType: aztables.TransactionTypeDelete, Entity: newEntity(pk, rk).marshal()})
 		if blob := e.str("Blob"); blob != "" {
 			plan.oldBlobs = append(plan.oldBlobs, blob)
@@ -214,8 +226,9 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 		del(entity{"RowKey": s.rk, "EventBlob": s.blob})
 	}
 	plan.stashLeft = len(st.stash) > len(it.stashUsed)
-	// Outbox rows found at load were sent again by buildWorkItem.
-	for _, e := range st.outbox {
+	// Outbox rows found at load were sent again by buildWorkItem; those
+	// of a cached state were sent by this worker.
+	for _, e := range slices.Concat(st.outbox, st.sent) {
 		del(e)
 	}
 	garbage := st.garbage
@@ -249,8 +262,10 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 
 // submitCommit runs the fenced transaction and interprets its failure.
 func (b *Backend) submitCommit(ctx context.Context, id string, plan *commitPlan, st *loadedState) error {
-	err := b.submit(ctx, plan.actions)
+	capture := &bodyCapture{}
+	err := b.submit(withCapture(ctx, capture), plan.actions)
 	if err == nil {
+		plan.etag = firstOperationETag(capture.get())
 		return nil
 	}
 	cur, etag, rerr := b.getSentinel(ctx, id)
@@ -258,6 +273,7 @@ func (b *Backend) submitCommit(ctx context.Context, id string, plan *commitPlan,
 	case rerr == nil && cur != nil && cur.str("CommitID") == plan.sentinel.str("CommitID"):
 		// An attempt whose answer was lost went through; the retry then
 		// failed on its own change.
+		plan.etag = etag
 		return nil
 	case rerr == nil && ((cur != nil) != (st.sentinel != nil) || cur != nil && etag != st.etag):
 		return fmt.Errorf("azurestorage: commit %s: the instance was changed by another worker: %w", id, dtbackend.ErrWorkItemLockLost)
@@ -290,9 +306,6 @@ func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, pl
 		if indexChanged(it.state.sentinel, plan.sentinel) {
 			b.writeIndex(ctx, it.state.sentinel, plan.sentinel)
 		}
-		if plan.outboxRK != "" {
-			b.deleteRow(ctx, id, plan.outboxRK)
-		}
 		if plan.stashLeft {
 			if err := b.wake(ctx, id); err != nil {
 				b.log.Warn("azurestorage: wake instance for stashed events", "instance", id, "err", err)
@@ -316,6 +329,11 @@ func (b *Backend) finishEpisode(ctx context.Context, id string, it *orchItem, pl
 		blobs = append(blobs, plan.oldBlobs...)
 	}
 	b.deleteBlobs(ctx, blobs)
+	if plan != nil {
+		// The outbox row is deleted by the instance's next commit, or
+		// when it leaves the cache (cache.go).
+		b.cacheCommitted(ctx, id, it, plan, plan.outboxRow)
+	}
 }
 
 // comeBack returns an episode's consumed messages to the queue after a

@@ -848,7 +848,7 @@ func TestLostPartitionReleasesBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll(t, 10*time.Second, "the event to be buffered", func() bool {
-		b1.pollControl(ctx)
+		b1.pollControl(ctx, b1.lm.partitions())
 		b1.mu.Lock()
 		defer b1.mu.Unlock()
 		return len(b1.pending["x"]) == 1

@@ -147,6 +147,7 @@ type loadedState struct {
 	stash    []stashed
 	current  []entity // the current generation's history rows
 	outbox   []entity // rows of commits whose messages may not all be sent yet
+	sent     []entity // outbox rows this worker sent (cached states only): deleted by the next commit, not sent again
 	garbage  []entity // history rows of earlier generations
 }
 

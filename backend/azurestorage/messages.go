@@ -51,6 +51,9 @@ type envelope struct {
 	// Benign counts the deliveries that ended in a release that was not
 	// the message's fault; they do not count toward MaxDequeueCount.
 	Benign int64 `json:"bn,omitempty"`
+	// Hand is 1 for a message delivered by hand (see handDeliver): a
+	// delivery the queue's DequeueCount does not count.
+	Hand int64 `json:"hd,omitempty"`
 }
 
 // messageAge is how long a visible message has waited: since it became
@@ -135,16 +138,31 @@ func (b *Backend) enqueue(ctx context.Context, q *azqueue.QueueClient, env envel
 			b.noteTimer(at)
 		}
 	}
+	hand := vis == 0 && b.handDeliverable(q, env)
+	env.Hand = 0
+	if hand {
+		// Sent locked to this process (see handDeliver).
+		vis = int32(b.opts.LockTimeout / time.Second)
+		env.Hand = 1
+	}
 	body, err := json.Marshal(env)
 	if err != nil {
 		return fmt.Errorf("azurestorage: encode message: %w", err)
 	}
+	var resp azqueue.EnqueueMessagesResponse
 	err = b.storage(ctx, "enqueue", func(ctx context.Context) error {
-		_, err := q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
+		var err error
+		resp, err = q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("azurestorage: enqueue to %s: %w", queueName(q), err)
+	}
+	switch {
+	case hand:
+		b.handDeliver(q, env, string(body), resp)
+	case vis == 0:
+		b.markDirty(q)
 	}
 	return nil
 }
@@ -234,7 +252,9 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 		if m.DequeueCount != nil {
 			im.dequeueCount = *m.DequeueCount
 		}
-		if err := b.decode(ctx, im); err != nil {
+		err := b.decode(ctx, im)
+		im.dequeueCount += im.env.Hand // the hand delivery the queue did not count
+		if err != nil {
 			if isNotFound(err) {
 				// A message's blob is deleted only after the message was
 				// consumed: this is a copy of a consumed message.
@@ -456,4 +476,93 @@ func (b *Backend) deleteBlobsUnder(ctx context.Context, prefix string) error {
 		}
 	}
 	return nil
+}
+
+// Hand delivery: a message this process sends to itself skips the queue's
+// read.
+//
+// A message for a control queue whose partition this worker holds, or for
+// the work-item queue while one of this process's activity slots is
+// waiting, is sent already locked (invisible for LockTimeout, as a dequeue
+// would leave it), and the answer's pop receipt makes it this process's
+// dequeued message: it goes straight into the per-instance buffer or the
+// activity buffer, its lock renewed like any other. Nothing else changes:
+// it is deleted after its episode or activity, released when its partition
+// goes, and if this process dies it becomes visible when its lock runs out
+// and another worker takes it, exactly as a message the dead process had
+// dequeued. So one dequeue per message is saved, and a poll round trip of
+// latency. Work-item messages are taken only for slots already waiting, so
+// a busy worker does not hoard activities that idle workers could run.
+//
+// Order: a message handed over overtakes the messages waiting in its queue.
+// So a queue is served by hand only while it has no backlog (its last poll
+// found less than a full batch; not before the first poll of a partition
+// just taken over, whose queue holds what piled up while it had no owner):
+// a message then overtakes at most what arrived within a poll interval. A
+// watchdog alarm handed over right after a takeover would otherwise be
+// handled before the telemetry signals queued during the takeover, and
+// fail a mission whose drone reported all along.
+
+// handDeliverable reports whether a message to q can be delivered by hand.
+func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
+	if env.Blob != "" || (env.Event == nil && !env.Wake) || b.bg.Err() != nil {
+		return false
+	}
+	if q == b.work {
+		b.mu.Lock()
+		buffered := len(b.actBuf)
+		b.mu.Unlock()
+		return int(b.actWaiters.Load()) > buffered && b.poll.isDrained(0)
+	}
+	for p, c := range b.control {
+		if c == q {
+			// Only while this process's orchestration poller runs and keeps
+			// up: messages held here are invisible to everyone else, and to
+			// the queue-lag measure that moves partitions off a worker
+			// that falls behind.
+			b.mu.Lock()
+			backlog := len(b.ready)
+			b.mu.Unlock()
+			return b.lm.isActive(p) && backlog < maxHandBacklog && b.poll.isDrained(p+1) &&
+				time.Since(time.Unix(0, b.orchPolling.Load())) < b.opts.MaxPollInterval+time.Second
+		}
+	}
+	return false
+}
+
+// maxHandBacklog is the most instances waiting for an episode in this
+// process for which control messages are still delivered by hand.
+const maxHandBacklog = 64
+
+// handDeliver buffers a message sent locked to this process.
+func (b *Backend) handDeliver(q *azqueue.QueueClient, env envelope, body string, resp azqueue.EnqueueMessagesResponse) {
+	if len(resp.Messages) == 0 || resp.Messages[0].MessageID == nil || resp.Messages[0].PopReceipt == nil {
+		return // no receipt: the message shows up when its lock runs out
+	}
+	partition := -1
+	for p, c := range b.control {
+		if c == q {
+			partition = p
+		}
+	}
+	m := newInMsg(q, partition, *resp.Messages[0].MessageID, *resp.Messages[0].PopReceipt, time.Now())
+	m.content, m.env = body, env
+	m.dequeueCount = 1 // this delivery (env.Hand records it for the queue's later deliveries)
+	if !env.Wake {
+		e, err := dtbackend.UnmarshalHistoryEvent(env.Event)
+		if err != nil {
+			return // unreachable: we encoded it; it is read when its lock runs out
+		}
+		m.event = e
+	}
+	b.hold(m)
+	if partition < 0 {
+		b.mu.Lock()
+		b.actBuf = append(b.actBuf, m)
+		b.mu.Unlock()
+		b.actWake.Notify()
+		return
+	}
+	b.buffer([]*inMsg{m})
+	b.orchWake.Notify()
 }

@@ -38,6 +38,11 @@ type Options struct {
 	// LeaseDuration is how long a partition lease lasts without renewal;
 	// leases renew every third of it. Default 30s.
 	LeaseDuration time.Duration
+	// InstanceCache is how many instances this worker keeps in memory as
+	// its last commit left them, so that their next episode needs no read
+	// of their partition (see cache.go); default 1000, negative disables.
+	// An entry costs about the size of the instance's history.
+	InstanceCache int
 	// WorkerID names this worker in leases and locks; default host-pid-random.
 	WorkerID string
 	// Counter counts storage requests; default a new Counter (see Backend.Counter).
@@ -68,6 +73,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.LeaseDuration == 0 {
 		o.LeaseDuration = 30 * time.Second
+	}
+	if o.InstanceCache == 0 {
+		o.InstanceCache = defaultInstanceCache
 	}
 	if o.WorkerID == "" {
 		o.WorkerID = defaultWorkerID()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
 
@@ -34,12 +35,19 @@ type orchItem struct {
 
 // GetOrchestrationWorkItem waits until an instance of a partition this
 // worker owns has work, or ctx ends; it then returns ErrNoWorkItems wrapping
-// ctx's error. Idle, it polls its control queues with a back-off capped at
-// MaxPollInterval; enqueues by this process and its own due timers wake it.
+// ctx's error.
+//
+// Polling (see pollState): messages this process sends to a partition it
+// holds are delivered by hand (messages.go) and cost no poll. Each owned
+// control queue is polled on its own schedule for messages from elsewhere
+// (clients, activity results of other workers): again soon after a poll
+// that found some, backing off to MaxPollInterval after polls that found
+// none, and at once when this process enqueued to it without handing the
+// message over.
 func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.OrchestrationWorkItem, error) {
 	b.lm.waitReady(ctx)
-	var idle time.Duration
 	for {
+		b.orchPolling.Store(time.Now().UnixNano())
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
 		}
@@ -52,6 +60,8 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 			wi, err := b.buildWorkItem(retryUntil(sctx, b.lockDeadline(msgs)), id, msgs)
 			cancel()
 			if err != nil {
+				// Hand them back now: waiting out their lock would hold
+				// the instance up for LockTimeout.
 				b.releaseAll(msgs, time.Second)
 				b.finish(id)
 				if ctx.Err() != nil {
@@ -67,18 +77,134 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 			}
 			continue
 		}
-		n, err := b.pollControl(sctx)
+		parts, next := b.poll.due(b.lm.partitions(), b.timerDue())
+		if len(parts) == 0 {
+			cancel()
+			if !taskhub.Sleep(ctx, wake, b.untilTimer(next)) {
+				return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
+			}
+			continue
+		}
+		_, err := b.pollControl(sctx, parts)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("azurestorage: poll control queues", "err", err)
 		}
-		if n > 0 {
-			idle = 0
+	}
+}
+
+// pollState schedules the polls of each queue: queue q+1 is control queue
+// q, 0 the work-item queue.
+type pollState struct {
+	mu     sync.Mutex
+	max    time.Duration // MaxPollInterval
+	queues [maxPartitions + 1]queuePoll
+}
+
+type queuePoll struct {
+	dirty    bool          // enqueued to by this process since its last poll
+	due      time.Time     // when it is polled next
+	interval time.Duration // the back-off
+	// drained: the last poll found less than a full batch, so the queue
+	// has no backlog, and a message handed over (messages.go) overtakes
+	// at most what arrived since. False until the first poll of a queue,
+	// and again after a full batch.
+	drained bool
+}
+
+// maxPartitions is the most control queues a hub has.
+const maxPartitions = 16
+
+// minPoll is a busy queue's poll interval.
+const minPoll = 50 * time.Millisecond
+
+func newPollState(max time.Duration) *pollState { return &pollState{max: max} }
+
+// markDirty makes queue i be polled next.
+func (s *pollState) markDirty(i int) {
+	s.mu.Lock()
+	s.queues[i].dirty = true
+	s.mu.Unlock()
+}
+
+// polled records a poll of queue i that found n messages of at most batch.
+func (s *pollState) polled(i, n, batch int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := &s.queues[i]
+	q.drained = n < batch
+	switch {
+	case n >= batch:
+		q.interval, q.dirty = 0, true // more are waiting
+	case n > 0:
+		q.interval = minPoll
+	default:
+		q.interval = nextIdle(q.interval, s.max)
+	}
+	q.due = time.Now().Add(min(q.interval, s.max))
+}
+
+// isDrained reports whether queue i had no backlog at its last poll.
+func (s *pollState) isDrained(i int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queues[i].drained
+}
+
+// reset forgets what polls of queue i found (its partition was released:
+// another owner may leave it with a backlog), and makes it due at once.
+func (s *pollState) reset(i int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.queues[i] = queuePoll{}
+}
+
+// due returns the control partitions among owned to poll now (all of them
+// when a timer this process set came due: it may be in any), or else how
+// long until the next is due.
+func (s *pollState) due(owned []int, timer bool) ([]int, time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	next := s.max
+	var parts []int
+	for _, p := range owned {
+		q := &s.queues[p+1]
+		if timer || q.dirty || !now.Before(q.due) {
+			q.dirty = false
+			parts = append(parts, p)
 			continue
 		}
-		idle = nextIdle(idle, b.opts.MaxPollInterval)
-		if !taskhub.Sleep(ctx, wake, b.untilTimer(idle)) {
-			return nil, fmt.Errorf("%w: %w", dtbackend.ErrNoWorkItems, ctx.Err())
+		next = min(next, q.due.Sub(now))
+	}
+	return parts, next
+}
+
+// workDue reports whether the work-item queue is to be polled now, or
+// else how long until it is.
+func (s *pollState) workDue() (bool, time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := &s.queues[0]
+	if d := time.Until(q.due); !q.dirty && d > 0 {
+		return false, d
+	}
+	q.dirty = false
+	return true, 0
+}
+
+// markDirty notes an enqueue to q by this process that was not delivered
+// by hand, so that q is polled next.
+func (b *Backend) markDirty(q *azqueue.QueueClient) {
+	if q == b.work {
+		b.poll.markDirty(0)
+		b.actWake.Notify()
+		return
+	}
+	for p, c := range b.control {
+		if c == q {
+			b.poll.markDirty(p + 1)
+			return
 		}
 	}
 }
@@ -98,17 +224,21 @@ func nextIdle(d, limit time.Duration) time.Duration {
 	return min(d*2, limit)
 }
 
-// pollControl dequeues a batch from every owned control queue into the
-// per-instance buffer and reports how many messages arrived.
-func (b *Backend) pollControl(ctx context.Context) (int, error) {
+// pollControl dequeues a batch from each of the given control queues into
+// the per-instance buffer and reports how many messages arrived. A queue
+// that gave a full batch stays dirty: it has more.
+func (b *Backend) pollControl(ctx context.Context, parts []int) (int, error) {
 	total := 0
 	var errs []error
-	for _, p := range b.lm.partitions() {
+	for _, p := range parts {
 		msgs, err := b.dequeue(ctx, b.control[p], p, controlBatch)
 		if err != nil {
 			errs = append(errs, err)
 		} else {
 			b.lm.notePoll(p, len(msgs))
+		}
+		if err == nil {
+			b.poll.polled(p+1, len(msgs), controlBatch)
 		}
 		if len(msgs) > 0 && !b.lm.isActive(p) {
 			// The partition was lost or handed off during the dequeue.
@@ -116,27 +246,32 @@ func (b *Backend) pollControl(ctx context.Context) (int, error) {
 			continue
 		}
 		total += len(msgs)
-		b.mu.Lock()
-		for _, m := range msgs {
-			id := m.env.Instance
-			list := b.pending[id]
-			dup := false
-			for i, old := range list {
-				if old.msgID == m.msgID {
-					list[i], dup = m, true // redelivered: the newer pop receipt wins
-				}
-			}
-			if !dup {
-				list = append(list, m)
-			}
-			if len(b.pending[id]) == 0 && !b.inflight[id] {
-				b.ready = append(b.ready, id)
-			}
-			b.pending[id] = list
-		}
-		b.mu.Unlock()
+		b.buffer(msgs)
 	}
 	return total, errors.Join(errs...)
+}
+
+// buffer adds control messages to their instances' buffers.
+func (b *Backend) buffer(msgs []*inMsg) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range msgs {
+		id := m.env.Instance
+		list := b.pending[id]
+		dup := false
+		for i, old := range list {
+			if old.msgID == m.msgID {
+				list[i], dup = m, true // redelivered: the newer pop receipt wins
+			}
+		}
+		if !dup {
+			list = append(list, m)
+		}
+		if len(b.pending[id]) == 0 && !b.inflight[id] {
+			b.ready = append(b.ready, id)
+		}
+		b.pending[id] = list
+	}
 }
 
 // takeReady hands out the oldest instance with buffered messages that is
@@ -226,6 +361,8 @@ func (b *Backend) partitionBusy(p int) bool {
 
 // dropPending hands buffered messages of a released partition back to the queue.
 func (b *Backend) dropPending(p int) {
+	b.dropCached(p)
+	b.poll.reset(p + 1)
 	b.mu.Lock()
 	var msgs []*inMsg
 	for id, list := range b.pending {
@@ -283,10 +420,31 @@ func hasStart(events []*dtbackend.HistoryEvent) bool {
 // delivered with its start). Before anything else it sends again the
 // outbox of a commit whose worker may have died before sending it.
 func (b *Backend) buildWorkItem(ctx context.Context, id string, msgs []*inMsg) (*dtbackend.OrchestrationWorkItem, error) {
-	st, err := b.load(ctx, id)
+	st, cached, err := b.cachedLoad(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	wi, err := b.buildFrom(ctx, id, msgs, st, cached)
+	if !errors.Is(err, errReadAgain) {
+		return wi, err
+	}
+	// The episode would consume messages without a commit, which would
+	// not check the cached state: read the partition. This worker's sent
+	// outbox rows are deleted first, or the read would send them again.
+	for _, row := range st.sent {
+		b.deleteRow(ctx, id, row.str("RowKey"))
+	}
+	if st, err = b.load(ctx, id); err != nil {
+		return nil, err
+	}
+	return b.buildFrom(ctx, id, msgs, st, false)
+}
+
+// errReadAgain asks buildWorkItem to build an episode from a fresh read.
+var errReadAgain = errors.New("azurestorage: read the instance again")
+
+// buildFrom is buildWorkItem on a loaded (or cached) state.
+func (b *Backend) buildFrom(ctx context.Context, id string, msgs []*inMsg, st *loadedState, cached bool) (*dtbackend.OrchestrationWorkItem, error) {
 	if st.sentinel != nil && st.sentinel.boolean("Purging") {
 		// A purge (or a replacement through the id-reuse policy) is under
 		// way: its messages wait until it has finished.
@@ -351,6 +509,9 @@ func (b *Backend) buildWorkItem(ctx context.Context, id string, msgs []*inMsg) (
 		if answerKey(m.event) == "" {
 			it.recorded = append(it.recorded, m)
 		}
+	}
+	if cached && (len(events) == 0 && len(it.stashUsed) == 0 || !hasStart(st.history)) {
+		return nil, errReadAgain
 	}
 	if !hasStart(st.history) && !hasStart(stashEvents) && !hasStart(events) {
 		if len(it.recorded) > 0 {

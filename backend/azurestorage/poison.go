@@ -145,6 +145,11 @@ func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.Tas
 		if err := taskhub.FailExecution(state, fd); err != nil {
 			return err
 		}
+		// The commit deletes the outbox rows it found: send them first
+		// (again, if they were sent; receivers drop the copies).
+		if err := b.resendOutbox(ctx, id, st.outbox); err != nil {
+			return err
+		}
 		it := &orchItem{state: st}
 		plan, err := b.planCommit(ctx, id, state, it)
 		if err != nil {
