@@ -33,7 +33,7 @@ import (
 // deadLetterOrchestration sets aside the events of a work item whose
 // execution failed too often and ends the instance's execution Failed. The
 // caller's transaction holds the instance's lock.
-func (b *Backend) deadLetterOrchestration(ctx context.Context, tx *sql.Tx, wi *dtbackend.OrchestrationWorkItem, failures int, now time.Time) error {
+func (b *Backend) deadLetterOrchestration(ctx context.Context, tx *stx, wi *dtbackend.OrchestrationWorkItem, failures int, now time.Time) error {
 	id := string(wi.InstanceID)
 	reason := fmt.Sprintf("its execution failed %d times (limit %d)", failures, b.opts.MaxDequeueCount)
 	b.log.Error("sqlite: orchestration work item dead-lettered: its execution keeps failing; the instance fails", "instance", id, "failures", failures)
@@ -59,7 +59,7 @@ func (b *Backend) deadLetterOrchestration(ctx context.Context, tx *sql.Tx, wi *d
 // failInstance ends the execution of an instance locked by owner as Failed
 // with fd. events are the work item's events: if the instance has not
 // started, its start event is among them and becomes its history's start.
-func (b *Backend) failInstance(ctx context.Context, tx *sql.Tx, id, owner string, events []*dtbackend.HistoryEvent, fd *dtbackend.TaskFailureDetails, now time.Time) error {
+func (b *Backend) failInstance(ctx context.Context, tx *stx, id, owner string, events []*dtbackend.HistoryEvent, fd *dtbackend.TaskFailureDetails, now time.Time) error {
 	history, err := loadHistory(ctx, tx, api.InstanceID(id))
 	if err != nil {
 		return err
@@ -94,7 +94,7 @@ func (b *Backend) failInstance(ctx context.Context, tx *sql.Tx, id, owner string
 // setAsideActivity moves the activity message seq, locked by owner, to the
 // dead letters and, if scheduled (its TaskScheduled event) is known,
 // answers its task with a DeadLettered TaskFailed.
-func (b *Backend) setAsideActivity(ctx context.Context, tx *sql.Tx, seq int64, owner string, id api.InstanceID, scheduled *dtbackend.HistoryEvent, reason string, now time.Time) error {
+func (b *Backend) setAsideActivity(ctx context.Context, tx *stx, seq int64, owner string, id api.InstanceID, scheduled *dtbackend.HistoryEvent, reason string, now time.Time) error {
 	var exec sql.NullString
 	err := tx.QueryRowContext(ctx, `SELECT COALESCE(T.ExecutionID, I.ExecutionID) FROM NewTasks T LEFT JOIN Instances I ON I.InstanceID = T.InstanceID
 		WHERE T.SequenceNumber = ? AND T.LockedBy = ?`, seq, owner).Scan(&exec)
@@ -128,7 +128,7 @@ func (b *Backend) setAsideActivity(ctx context.Context, tx *sql.Tx, seq int64, o
 func (b *Backend) DeadLetterActivityWorkItem(ctx context.Context, wi *dtbackend.ActivityWorkItem, reason string) error {
 	ctx, cancel := handBack(ctx)
 	defer cancel()
-	err := b.write(ctx, func(tx *sql.Tx) error {
+	err := b.write(ctx, func(tx *stx) error {
 		return b.setAsideActivity(ctx, tx, wi.SequenceNumber, wi.LockedBy, wi.InstanceID, wi.NewEvent, reason, time.Now().UTC())
 	})
 	if err != nil {
@@ -183,7 +183,7 @@ func (b *Backend) ReplayDeadLetter(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: %q", taskhub.ErrDeadLetterNotFound, id)
 	}
 	var queue, stale string
-	err = b.writeDurable(ctx, func(tx *sql.Tx) error {
+	err = b.writeDurable(ctx, func(tx *stx) error {
 		var instance string
 		var exec sql.NullString
 		var payload []byte
@@ -230,7 +230,7 @@ func (b *Backend) ReplayDeadLetter(ctx context.Context, id string) error {
 
 // staleness says why the message can no longer reach its execution, or ""
 // if it can.
-func (b *Backend) staleness(ctx context.Context, tx *sql.Tx, queue, instance string, exec sql.NullString, payload []byte) (string, error) {
+func (b *Backend) staleness(ctx context.Context, tx *stx, queue, instance string, exec sql.NullString, payload []byte) (string, error) {
 	staleBecause := fmt.Sprintf
 	var current, status string
 	err := tx.QueryRowContext(ctx, `SELECT ExecutionID, RuntimeStatus FROM Instances WHERE InstanceID = ?`, instance).Scan(&current, &status)
@@ -339,16 +339,16 @@ func answerTo(e *dtbackend.HistoryEvent) (taskRef, bool) {
 
 // lockedEvents returns the readable events of an instance locked by owner,
 // in order.
-func lockedEvents(ctx context.Context, tx *sql.Tx, instance, owner string) ([]*dtbackend.HistoryEvent, error) {
+func lockedEvents(ctx context.Context, tx *stx, instance, owner string) ([]*dtbackend.HistoryEvent, error) {
 	return readEvents(ctx, tx, `SELECT EventPayload FROM NewEvents WHERE InstanceID = ? AND LockedBy = ? ORDER BY SequenceNumber`, instance, owner)
 }
 
 // queuedEvents returns the readable events queued for an instance.
-func queuedEvents(ctx context.Context, tx *sql.Tx, instance string) ([]*dtbackend.HistoryEvent, error) {
+func queuedEvents(ctx context.Context, tx *stx, instance string) ([]*dtbackend.HistoryEvent, error) {
 	return readEvents(ctx, tx, `SELECT EventPayload FROM NewEvents WHERE InstanceID = ? ORDER BY SequenceNumber`, instance)
 }
 
-func readEvents(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]*dtbackend.HistoryEvent, error) {
+func readEvents(ctx context.Context, tx *stx, query string, args ...any) ([]*dtbackend.HistoryEvent, error) {
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: read queued events: %w", err)

@@ -148,7 +148,7 @@ func (b *Backend) renew(held []*lease, within time.Duration) {
 	now := time.Now().UTC()
 	until := now.Add(b.opts.LockTimeout)
 	var lost []*lease
-	err := b.write(ctx, func(tx *sql.Tx) error {
+	err := b.write(ctx, func(tx *stx) error {
 		lost = lost[:0]
 		for _, l := range held {
 			var res sql.Result

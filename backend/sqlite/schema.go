@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 )
 
@@ -86,7 +85,7 @@ CREATE TABLE IF NOT EXISTS DronehubDeadLetters (
 );`
 
 // migrate creates the tables, and adds the columns later versions need.
-func migrate(ctx context.Context, tx *sql.Tx) error {
+func migrate(ctx context.Context, tx *stx) error {
 	if _, err := tx.ExecContext(ctx, taskHubSchema); err != nil {
 		return fmt.Errorf("create task hub tables: %w", err)
 	}

@@ -101,6 +101,8 @@ const readConns = 4
 // Backend is the SQLite task hub. It implements taskhub.Backend.
 type Backend struct {
 	wdb  *sql.DB // the writer: one connection, immediate transactions
+	// wstmts are the writer's prepared statements.
+	wstmts *stmtCache
 	rdb  *sql.DB // readers: up to readConns read-only connections
 	opts Options
 	log  *slog.Logger
@@ -181,6 +183,7 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 	host, _ := os.Hostname()
 	b := &Backend{
 		wdb:         wdb,
+		wstmts:      &stmtCache{db: wdb, stmts: map[string]*sql.Stmt{}},
 		rdb:         rdb,
 		opts:        opts,
 		log:         opts.Logger,
@@ -219,6 +222,7 @@ func (b *Backend) closeLocked() error {
 	}
 	b.closed = true
 	b.closeLeases()
+	b.wstmts.close()
 	rerr := b.rdb.Close()
 	werr := b.wdb.Close() // last, so that it checkpoints the WAL
 	return errors.Join(werr, rerr)
@@ -234,7 +238,7 @@ func (b *Backend) CreateTaskHub(ctx context.Context) error {
 	if b.created {
 		return dtbackend.ErrTaskHubExists
 	}
-	if err := b.write(ctx, func(tx *sql.Tx) error { return migrate(ctx, tx) }); err != nil {
+	if err := b.write(ctx, func(tx *stx) error { return migrate(ctx, tx) }); err != nil {
 		return fmt.Errorf("sqlite: create task hub in %s: %w", b.opts.Path, err)
 	}
 	b.created = true
@@ -270,13 +274,13 @@ func (b *Backend) Stop(context.Context) error {
 }
 
 // write runs fn in an immediate transaction on the writer connection.
-func (b *Backend) write(ctx context.Context, fn func(*sql.Tx) error) error {
+func (b *Backend) write(ctx context.Context, fn func(*stx) error) error {
 	tx, err := b.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: begin a write: %w", err)
 	}
 	defer tx.Rollback()
-	if err := fn(tx); err != nil {
+	if err := fn(&stx{Tx: tx, stmts: b.wstmts}); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -287,7 +291,7 @@ func (b *Backend) write(ctx context.Context, fn func(*sql.Tx) error) error {
 
 // writeDurable is write for a change acknowledged to a client: it commits
 // with synchronous=FULL, so it survives a power loss once it returns.
-func (b *Backend) writeDurable(ctx context.Context, fn func(*sql.Tx) error) error {
+func (b *Backend) writeDurable(ctx context.Context, fn func(*stx) error) error {
 	conn, err := b.wdb.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("sqlite: begin a write: %w", err)
@@ -308,7 +312,7 @@ func (b *Backend) writeDurable(ctx context.Context, fn func(*sql.Tx) error) erro
 		return fmt.Errorf("sqlite: begin a write: %w", err)
 	}
 	defer tx.Rollback()
-	if err := fn(tx); err != nil {
+	if err := fn(&stx{Tx: tx, stmts: b.wstmts}); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -333,7 +337,7 @@ type queryer interface {
 // CreateOrchestrationInstance implements backend.Backend. An instance whose
 // start time lies ahead stays Pending and is not fetched until then.
 func (b *Backend) CreateOrchestrationInstance(ctx context.Context, e *dtbackend.HistoryEvent, opts ...dtbackend.OrchestrationIdReusePolicyOptions) error {
-	err := b.writeDurable(ctx, func(tx *sql.Tx) error {
+	err := b.writeDurable(ctx, func(tx *stx) error {
 		return b.createInstance(ctx, tx, e, time.Now().UTC(), opts...)
 	})
 	if errors.Is(err, api.ErrIgnoreInstance) {
@@ -348,7 +352,7 @@ func (b *Backend) CreateOrchestrationInstance(ctx context.Context, e *dtbackend.
 
 // createInstance inserts the instance of the start event e and queues e for
 // it, applying the reuse policy if the id is taken.
-func (b *Backend) createInstance(ctx context.Context, tx *sql.Tx, e *dtbackend.HistoryEvent, now time.Time, opts ...dtbackend.OrchestrationIdReusePolicyOptions) error {
+func (b *Backend) createInstance(ctx context.Context, tx *stx, e *dtbackend.HistoryEvent, now time.Time, opts ...dtbackend.OrchestrationIdReusePolicyOptions) error {
 	if e == nil || e.Timestamp == nil {
 		return errors.New("sqlite: a start event with a timestamp is required")
 	}
@@ -421,13 +425,13 @@ func (b *Backend) createInstance(ctx context.Context, tx *sql.Tx, e *dtbackend.H
 }
 
 // deferInstance keeps an unlocked instance from being fetched until at.
-func deferInstance(ctx context.Context, tx *sql.Tx, id string, at time.Time) error {
+func deferInstance(ctx context.Context, tx *stx, id string, at time.Time) error {
 	_, err := tx.ExecContext(ctx, `UPDATE Instances SET LockedBy = NULL, LockExpiration = ? WHERE InstanceID = ?`, at.UTC(), id)
 	return err
 }
 
 // deleteInstance removes an instance and everything queued for it.
-func deleteInstance(ctx context.Context, tx *sql.Tx, id api.InstanceID) error {
+func deleteInstance(ctx context.Context, tx *stx, id api.InstanceID) error {
 	for _, q := range []string{
 		`DELETE FROM Instances WHERE InstanceID = ?`,
 		`DELETE FROM History WHERE InstanceID = ?`,
@@ -453,7 +457,7 @@ func (b *Backend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceI
 	if err != nil {
 		return err
 	}
-	err = b.writeDurable(ctx, func(tx *sql.Tx) error { return addEvent(ctx, tx, string(id), "", e, payload) })
+	err = b.writeDurable(ctx, func(tx *stx) error { return addEvent(ctx, tx, string(id), "", e, payload) })
 	if err != nil {
 		return fmt.Errorf("sqlite: add event for %s: %w", id, err)
 	}
@@ -463,7 +467,7 @@ func (b *Backend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceI
 
 // addEvent queues an event for an instance; a terminate also cancels the
 // wait for a scheduled start.
-func addEvent(ctx context.Context, tx *sql.Tx, id, execID string, e *dtbackend.HistoryEvent, payload []byte) error {
+func addEvent(ctx context.Context, tx *stx, id, execID string, e *dtbackend.HistoryEvent, payload []byte) error {
 	if _, err := tx.ExecContext(ctx, `INSERT INTO NewEvents (InstanceID, ExecutionID, EventPayload) VALUES (?, ?, ?)`,
 		id, nullIfEmpty(execID), payload); err != nil {
 		return err
@@ -568,7 +572,7 @@ func loadHistory(ctx context.Context, q queryer, id api.InstanceID) ([]*dtbacken
 // PurgeOrchestrationState implements backend.Backend: it deletes a
 // completed, failed or terminated instance.
 func (b *Backend) PurgeOrchestrationState(ctx context.Context, id api.InstanceID) error {
-	return b.writeDurable(ctx, func(tx *sql.Tx) error {
+	return b.writeDurable(ctx, func(tx *stx) error {
 		var status string
 		err := tx.QueryRowContext(ctx, `SELECT RuntimeStatus FROM Instances WHERE InstanceID = ?`, string(id)).Scan(&status)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -720,3 +724,99 @@ func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
 
 // Ping implements taskhub.Pinger.
 func (b *Backend) Ping(ctx context.Context) error { return b.rdb.PingContext(ctx) }
+
+// stx is a write transaction whose statements are prepared once per
+// connection and reused: parsing the same SQL on every call was about a
+// third of the CPU of a busy hub (pprof of the bench's W2).
+type stx struct {
+	*sql.Tx
+	stmts *stmtCache
+}
+
+func (t *stx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	s := t.stmts.get(ctx, query)
+	if s == nil {
+		return t.Tx.ExecContext(ctx, query, args...)
+	}
+	return t.Tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+}
+
+func (t *stx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	s := t.stmts.get(ctx, query)
+	if s == nil {
+		return t.Tx.QueryContext(ctx, query, args...)
+	}
+	return t.Tx.StmtContext(ctx, s).QueryContext(ctx, args...)
+}
+
+func (t *stx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	s := t.stmts.get(ctx, query)
+	if s == nil {
+		return t.Tx.QueryRowContext(ctx, query, args...)
+	}
+	return t.Tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)
+}
+
+// stmtCache holds prepared statements by SQL text. A statement is
+// prepared on the pool, not on the transaction that first runs it: the
+// writer pool has one connection, which that transaction holds, so the
+// first run goes unprepared and a goroutine prepares the statement once the
+// connection is free. Transactions then use it through Tx.StmtContext,
+// which reuses what was prepared on their connection.
+type stmtCache struct {
+	db      *sql.DB
+	mu      sync.Mutex
+	stmts   map[string]*sql.Stmt // nil value: being prepared, or failed
+	closed  bool
+	pending sync.WaitGroup
+}
+
+// maxCachedStmts bounds the cache; statements past it (there are fewer
+// distinct ones in this package) run unprepared.
+const maxCachedStmts = 256
+
+// get returns the prepared statement for query, or nil to run it
+// unprepared for now.
+func (c *stmtCache) get(ctx context.Context, query string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.stmts[query]; ok || c.closed || len(c.stmts) >= maxCachedStmts {
+		return s
+	}
+	c.stmts[query] = nil
+	c.pending.Add(1)
+	go func() {
+		defer c.pending.Done()
+		pctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s, err := c.db.PrepareContext(pctx, query)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		switch {
+		case err != nil:
+			// Left nil: the statement runs unprepared; running it reports
+			// any error in it.
+		case c.closed:
+			s.Close()
+		default:
+			c.stmts[query] = s
+		}
+	}()
+	return nil
+}
+
+// close closes the statements, after any being prepared.
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.pending.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.stmts {
+		if s != nil {
+			s.Close()
+		}
+	}
+	clear(c.stmts)
+}

@@ -67,7 +67,7 @@ func waitFor[W any](ctx context.Context, wake *taskhub.Wake, next func(context.C
 func (b *Backend) nextOrchestration(ctx context.Context) (wi *dtbackend.OrchestrationWorkItem, again bool, err error) {
 	owner := b.newOwner()
 	now := time.Now().UTC()
-	err = b.write(ctx, func(tx *sql.Tx) error {
+	err = b.write(ctx, func(tx *stx) error {
 		wi, again = nil, false
 		var id string
 		err := tx.QueryRowContext(ctx, `UPDATE Instances SET LockedBy = ?, LockExpiration = ? WHERE InstanceID = (
@@ -143,7 +143,7 @@ func (b *Backend) nextOrchestration(ctx context.Context) (wi *dtbackend.Orchestr
 // owner and returns them in order, with the largest count of failed
 // deliveries among them. Events whose payload cannot be read are set aside
 // as dead letters at once.
-func (b *Backend) lockEvents(ctx context.Context, tx *sql.Tx, id, owner string, now time.Time, all bool) ([]*dtbackend.HistoryEvent, int, error) {
+func (b *Backend) lockEvents(ctx context.Context, tx *stx, id, owner string, now time.Time, all bool) ([]*dtbackend.HistoryEvent, int, error) {
 	visible := `AND (VisibleTime IS NULL OR VisibleTime <= ?)`
 	args := []any{owner, id, now}
 	if all {
@@ -192,7 +192,7 @@ func (b *Backend) lockEvents(ctx context.Context, tx *sql.Tx, id, owner string, 
 }
 
 // setAsideEvent moves one queued orchestration message to the dead letters.
-func setAsideEvent(ctx context.Context, tx *sql.Tx, seq int64, reason string, now time.Time) error {
+func setAsideEvent(ctx context.Context, tx *stx, seq int64, reason string, now time.Time) error {
 	if _, err := tx.ExecContext(ctx, `INSERT INTO DronehubDeadLetters (Queue, InstanceID, ExecutionID, EventPayload, DequeueCount, Reason, DeadAt)
 		SELECT 'orchestration', E.InstanceID, COALESCE(E.ExecutionID, I.ExecutionID), E.EventPayload, E.DequeueCount, ?, ?
 		FROM NewEvents E LEFT JOIN Instances I ON I.InstanceID = E.InstanceID WHERE E.SequenceNumber = ?`,
@@ -215,7 +215,7 @@ func first(events []*dtbackend.HistoryEvent, match func(*dtbackend.HistoryEvent)
 func isStart(e *dtbackend.HistoryEvent) bool     { return e.GetExecutionStarted() != nil }
 func isTerminate(e *dtbackend.HistoryEvent) bool { return e.GetExecutionTerminated() != nil }
 
-func hasHistory(ctx context.Context, tx *sql.Tx, id string) (bool, error) {
+func hasHistory(ctx context.Context, tx *stx, id string) (bool, error) {
 	var n int
 	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM History WHERE InstanceID = ?)`, id).Scan(&n); err != nil {
 		return false, fmt.Errorf("sqlite: read history of %s: %w", id, err)
@@ -226,21 +226,21 @@ func hasHistory(ctx context.Context, tx *sql.Tx, id string) (bool, error) {
 // deferStart hands back the events of an instance that has not started
 // and keeps it from being fetched until its start time: it starts on time,
 // never early, and shows as Pending until then.
-func (b *Backend) deferStart(ctx context.Context, tx *sql.Tx, id, owner string, at time.Time) error {
+func (b *Backend) deferStart(ctx context.Context, tx *stx, id, owner string, at time.Time) error {
 	if _, err := tx.ExecContext(ctx, `UPDATE NewEvents SET LockedBy = NULL WHERE InstanceID = ? AND LockedBy = ?`, id, owner); err != nil {
 		return err
 	}
 	return deferInstance(ctx, tx, id, at)
 }
 
-func unlockInstance(ctx context.Context, tx *sql.Tx, id, owner string) error {
+func unlockInstance(ctx context.Context, tx *stx, id, owner string) error {
 	_, err := tx.ExecContext(ctx, `UPDATE Instances SET LockedBy = NULL, LockExpiration = NULL WHERE InstanceID = ? AND LockedBy = ?`, id, owner)
 	return err
 }
 
 // terminateUnstarted ends an instance that never ran as Terminated, with the
 // terminate request's output, and consumes its queued events.
-func (b *Backend) terminateUnstarted(ctx context.Context, tx *sql.Tx, id, owner string, start *dtbackend.HistoryEvent, output *wrapperspb.StringValue, now time.Time) error {
+func (b *Backend) terminateUnstarted(ctx context.Context, tx *stx, id, owner string, start *dtbackend.HistoryEvent, output *wrapperspb.StringValue, now time.Time) error {
 	state := dtbackend.NewOrchestrationRuntimeState(api.InstanceID(id), nil)
 	if err := state.AddEvent(start); err != nil {
 		return err
@@ -290,7 +290,7 @@ func executionID(state *dtbackend.OrchestrationRuntimeState) string {
 // defines it: the instance row, the new history (replacing the old after
 // continue-as-new), the activities, timers and messages to other instances;
 // and unlocks the instance. It does not consume the work item's events.
-func (b *Backend) commitState(ctx context.Context, tx *sql.Tx, id, owner string, state *dtbackend.OrchestrationRuntimeState, now time.Time) error {
+func (b *Backend) commitState(ctx context.Context, tx *stx, id, owner string, state *dtbackend.OrchestrationRuntimeState, now time.Time) error {
 	if state == nil {
 		return fmt.Errorf("sqlite: complete %s: the work item has no state", id)
 	}
@@ -395,7 +395,7 @@ func (b *Backend) commitState(ctx context.Context, tx *sql.Tx, id, owner string,
 // CompleteOrchestrationWorkItem implements backend.Backend.
 func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbackend.OrchestrationWorkItem) error {
 	b.update(wi.LockedBy, func(l *lease) { l.completeTried = true })
-	err := b.write(ctx, func(tx *sql.Tx) error {
+	err := b.write(ctx, func(tx *stx) error {
 		if err := b.commitState(ctx, tx, string(wi.InstanceID), wi.LockedBy, wi.State, time.Now().UTC()); err != nil {
 			return err
 		}
@@ -440,7 +440,7 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 	ctx, cancel := handBack(ctx)
 	defer cancel()
 	id := string(wi.InstanceID)
-	err := b.write(ctx, func(tx *sql.Tx) error {
+	err := b.write(ctx, func(tx *stx) error {
 		now := time.Now().UTC()
 		if counted {
 			if _, err := tx.ExecContext(ctx, `UPDATE NewEvents SET DequeueCount = DequeueCount + 1 WHERE InstanceID = ? AND LockedBy = ?`, id, wi.LockedBy); err != nil {
@@ -494,7 +494,7 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 func (b *Backend) nextActivity(ctx context.Context) (wi *dtbackend.ActivityWorkItem, again bool, err error) {
 	owner := b.newOwner()
 	now := time.Now().UTC()
-	err = b.write(ctx, func(tx *sql.Tx) error {
+	err = b.write(ctx, func(tx *stx) error {
 		wi, again = nil, false
 		var seq int64
 		var id string
@@ -544,7 +544,7 @@ func (b *Backend) CompleteActivityWorkItem(ctx context.Context, wi *dtbackend.Ac
 	if err != nil {
 		return err
 	}
-	err = b.write(ctx, func(tx *sql.Tx) error {
+	err = b.write(ctx, func(tx *stx) error {
 		var exec sql.NullString
 		err := tx.QueryRowContext(ctx, `DELETE FROM NewTasks WHERE SequenceNumber = ? AND LockedBy = ? RETURNING ExecutionID`, wi.SequenceNumber, wi.LockedBy).Scan(&exec)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -579,7 +579,7 @@ func (b *Backend) AbandonActivityWorkItem(ctx context.Context, wi *dtbackend.Act
 	ctx, cancel := handBack(ctx)
 	defer cancel()
 	var res sql.Result
-	err := b.write(ctx, func(tx *sql.Tx) (err error) {
+	err := b.write(ctx, func(tx *stx) (err error) {
 		res, err = tx.ExecContext(ctx, `UPDATE NewTasks SET LockedBy = NULL, LockExpiration = ? WHERE SequenceNumber = ? AND LockedBy = ?`, visible, wi.SequenceNumber, wi.LockedBy)
 		return err
 	})
