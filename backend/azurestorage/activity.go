@@ -117,8 +117,12 @@ func (b *Backend) CompleteActivityWorkItem(ctx context.Context, wi *dtbackend.Ac
 		return fmt.Errorf("azurestorage: activity work item %v has no result", wi)
 	}
 	id := string(wi.InstanceID)
+	env := envelope{ID: m.env.ID + "-result", Instance: id, Exec: m.env.Exec}
+	if b.carry(m, env, wi.Result) {
+		return nil
+	}
 	ctx = retryUntil(ctx, b.lockDeadline([]*inMsg{m}))
-	if err := b.send(ctx, b.controlFor(id), envelope{ID: m.env.ID + "-result", Instance: id, Exec: m.env.Exec}, wi.Result, time.Time{}); err != nil {
+	if err := b.send(ctx, b.controlFor(id), env, wi.Result, time.Time{}); err != nil {
 		return err
 	}
 	b.orchWake.Notify()

@@ -60,8 +60,8 @@ type Backend struct {
 	// orchPolling is when GetOrchestrationWorkItem last looked for work
 	// (unix ns): control messages are delivered by hand only while it runs.
 	orchPolling atomic.Int64
-	timers     []time.Time // due times of delayed messages this process sent
-	lm         *leaseManager
+	timers      []time.Time // due times of delayed messages this process sent
+	lm          *leaseManager
 	// confirmed holds, per instance, the seenKeys of consumed messages
 	// whose deletion succeeded since its last commit (see dedupe.go).
 	confirmed map[string]map[string]bool
@@ -353,12 +353,17 @@ func (b *Backend) noteTimer(at time.Time) {
 	sort.Slice(b.timers, func(i, j int) bool { return b.timers[i].Before(b.timers[j]) })
 }
 
-// timerDue reports whether a delayed message this process sent came due
-// since the last poll (without consuming it: untilTimer does).
+// timerDue reports whether delayed messages this process sent came due,
+// and forgets them: the poll round that follows looks for them.
 func (b *Backend) timerDue() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return len(b.timers) > 0 && !b.timers[0].After(time.Now())
+	now := time.Now()
+	due := false
+	for len(b.timers) > 0 && !b.timers[0].After(now) {
+		b.timers, due = b.timers[1:], true
+	}
+	return due
 }
 
 // untilTimer is the time until the next noted timer, capped at d.

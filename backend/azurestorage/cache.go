@@ -16,6 +16,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/microsoft/durabletask-go/api"
 )
 
@@ -151,6 +152,11 @@ func (b *Backend) cacheCommitted(ctx context.Context, id string, it *orchItem, p
 	}
 	for _, old := range b.cache.put(id, ns) {
 		b.flushSent(old)
+	}
+	if !b.lm.isActive(b.partition(id)) {
+		// The partition went while the entry was built: dropCached may
+		// have run before the put.
+		b.dropCached(b.partition(id))
 	}
 }
 
@@ -293,12 +299,14 @@ func (capturePolicy) Do(req *policy.Request) (*http.Response, error) {
 	if c == nil || err != nil || resp == nil || resp.Body == nil {
 		return resp, err
 	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// The pipeline has downloaded the body already: Payload returns it
+	// without consuming it, and leaves it as it is for aztables, which
+	// drains it, and for batchStatus, which reads a failed transaction's
+	// inner status from it afterwards (retry.go).
+	body, err := runtime.Payload(resp)
 	if err != nil {
 		return nil, err
 	}
-	resp.Body = io.NopCloser(bytes.NewReader(body))
 	c.mu.Lock()
 	c.header, c.body = resp.Header.Clone(), body
 	c.mu.Unlock()

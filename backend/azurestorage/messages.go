@@ -123,6 +123,15 @@ func (b *Backend) prepare(ctx context.Context, env envelope, e *dtbackend.Histor
 
 // enqueue sends a prepared envelope to q, visible at visibleAt (zero: now).
 func (b *Backend) enqueue(ctx context.Context, q *azqueue.QueueClient, env envelope, visibleAt time.Time) error {
+	return b.enqueueMsg(ctx, q, env, visibleAt, true)
+}
+
+// enqueueVisible is enqueue without hand delivery.
+func (b *Backend) enqueueVisible(ctx context.Context, q *azqueue.QueueClient, env envelope, visibleAt time.Time) error {
+	return b.enqueueMsg(ctx, q, env, visibleAt, false)
+}
+
+func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env envelope, visibleAt time.Time, mayHand bool) error {
 	var vis int32
 	env.NotBefore, env.VisibleAt = 0, 0
 	if !visibleAt.IsZero() {
@@ -138,7 +147,7 @@ func (b *Backend) enqueue(ctx context.Context, q *azqueue.QueueClient, env envel
 			b.noteTimer(at)
 		}
 	}
-	hand := vis == 0 && b.handDeliverable(q, env)
+	hand := mayHand && vis == 0 && b.handDeliverable(q, env)
 	env.Hand = 0
 	if hand {
 		// Sent locked to this process (see handDeliver).
@@ -189,6 +198,12 @@ type inMsg struct {
 	content string
 	gone    bool // deleted or released: no longer ours to renew
 
+	// carrier, for an activity result handed to the instance's episode in
+	// this process without a queue message (see carry), is the activity's
+	// own message: deleted once the episode that consumes the result
+	// commits, it is what makes the result durable until then.
+	carrier *inMsg
+
 	// lockNs is when the current lock began (dequeue or renewal), unix
 	// nanoseconds. Atomic, not under lk: lk is held across storage calls,
 	// and keepLocks reads every held message's time under the backend's
@@ -197,7 +212,12 @@ type inMsg struct {
 }
 
 // lockedAt is when the message's current lock began.
-func (m *inMsg) lockedAt() time.Time { return time.Unix(0, m.lockNs.Load()) }
+func (m *inMsg) lockedAt() time.Time {
+	if m.carrier != nil {
+		return m.carrier.lockedAt()
+	}
+	return time.Unix(0, m.lockNs.Load())
+}
 
 // newInMsg is a message just dequeued: its lock began at now.
 func newInMsg(q *azqueue.QueueClient, partition int, msgID, pop string, now time.Time) *inMsg {
@@ -291,6 +311,19 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 // deleteMsg deletes a consumed message; a message already gone (its lock
 // expired and another consumer took it) is not an error here.
 func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
+	if m.carrier != nil {
+		// A carried result is consumed: its activity's message goes.
+		m.lk.Lock()
+		m.gone = true
+		m.lk.Unlock()
+		if err := b.deleteMsg(ctx, m.carrier); err != nil {
+			return err
+		}
+		if m.carrier.env.Blob != "" {
+			b.deleteBlob(ctx, m.carrier.env.Blob)
+		}
+		return nil
+	}
 	b.unhold(m)
 	m.lk.Lock()
 	defer m.lk.Unlock()
@@ -310,6 +343,9 @@ func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
 // is not the message's: storage, shutdown, a lost lease) is recorded in the
 // message, so it does not count toward MaxDequeueCount (see poison).
 func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration, benign bool) error {
+	if m.carrier != nil {
+		return b.materialize(ctx, m, delay)
+	}
 	b.unhold(m)
 	m.lk.Lock()
 	defer m.lk.Unlock()
@@ -384,6 +420,9 @@ func (b *Backend) unhold(msgs ...*inMsg) {
 	defer b.mu.Unlock()
 	for _, m := range msgs {
 		delete(b.held, m)
+		if m.carrier != nil {
+			delete(b.held, m.carrier) // a "dead" worker renews neither
+		}
 	}
 }
 
@@ -565,4 +604,81 @@ func (b *Backend) handDeliver(q *azqueue.QueueClient, env envelope, body string,
 	}
 	b.buffer([]*inMsg{m})
 	b.orchWake.Notify()
+}
+
+// Carried results: an activity result handed to its instance's episode in
+// this process, with no queue message at all.
+//
+// When the instance's partition is one this worker serves by hand (see
+// handDeliverable), CompleteActivityWorkItem neither sends the result nor
+// deletes the activity message: the result goes straight into the
+// instance's buffer, and the activity message, still locked and renewed,
+// stands for it. The episode that consumes the result deletes the activity
+// message after its commit (deleteMsg), so the result is never lost: until
+// that commit, the activity message exists, and if this process dies it
+// reappears when its lock runs out and the activity runs again elsewhere
+// (activities are at-least-once; its second result is dropped as a copy if
+// the first was committed). Anything else that would hand the result back
+// to the queue (an abandoned or failed episode, a lost partition, Close)
+// sends it to the control queue for real first, then deletes the activity
+// message (materialize). Two requests per activity are saved: the result's
+// enqueue and its delete.
+
+// carry hands an activity's result to its instance's buffer, carried by the
+// activity message m, and reports whether it did.
+func (b *Backend) carry(m *inMsg, env envelope, result *dtbackend.HistoryEvent) bool {
+	q := b.controlFor(env.Instance)
+	payload, err := dtbackend.MarshalHistoryEvent(result)
+	if err != nil || len(payload)*4/3 > maxInlineMessage {
+		return false
+	}
+	env.Event = payload
+	if !b.handDeliverable(q, env) {
+		return false
+	}
+	body, err := json.Marshal(env)
+	if err != nil {
+		return false
+	}
+	r := &inMsg{queue: q, partition: partitionOf(env.Instance, b.names.partitions), msgID: "carried:" + m.msgID,
+		env: env, event: result, content: string(body), carrier: m, dequeueCount: 1}
+	b.buffer([]*inMsg{r})
+	b.orchWake.Notify()
+	return true
+}
+
+// materialize sends a carried result to its control queue (visible after
+// delay) and then deletes the activity message that carried it. If the send
+// fails, the activity message is released instead: the activity runs again
+// and its result takes the usual way.
+func (b *Backend) materialize(ctx context.Context, m *inMsg, delay time.Duration) error {
+	m.lk.Lock()
+	if m.gone {
+		m.lk.Unlock()
+		return dtbackend.ErrWorkItemLockLost
+	}
+	m.gone = true
+	m.lk.Unlock()
+	carrier := m.carrier
+	at := time.Time{}
+	if delay > 0 {
+		at = time.Now().Add(delay)
+	}
+	env := m.env
+	env.Hand = 0
+	// Visible, never handed over again: whoever releases a message wants
+	// the queue to have it.
+	if err := b.enqueueVisible(ctx, m.queue, env, at); err != nil {
+		if rerr := b.release(ctx, carrier, 0, true); rerr != nil && !errors.Is(rerr, dtbackend.ErrWorkItemLockLost) {
+			b.log.Debug("azurestorage: release an activity message after its result could not be sent (its lock will expire)", "err", rerr)
+		}
+		return fmt.Errorf("azurestorage: send a carried activity result: %w", err)
+	}
+	if err := b.deleteMsg(ctx, carrier); err != nil {
+		b.log.Debug("azurestorage: delete an activity message whose result was sent (the activity may run again)", "err", err)
+	}
+	if carrier.env.Blob != "" {
+		b.deleteBlob(ctx, carrier.env.Blob)
+	}
+	return nil
 }

@@ -638,6 +638,12 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 	}
 	failed := it.loaded == nil && it.loadCtx != nil && it.loadCtx.Err() == nil && !it.completeFailed
 	ctx = retryUntil(context.WithoutCancel(ctx), b.lockDeadline(it.msgs))
+	// The episode took its instance's cache entry and commits nothing: the
+	// outbox rows it knew as sent are deleted now, or the next read would
+	// send them again (running finished activities twice).
+	for _, row := range it.state.sent {
+		b.deleteRow(ctx, id, row.str("RowKey"))
+	}
 	delay := time.Duration(0)
 	if it.completeFailed {
 		delay = time.Second

@@ -100,12 +100,12 @@ const readConns = 4
 
 // Backend is the SQLite task hub. It implements taskhub.Backend.
 type Backend struct {
-	wdb  *sql.DB // the writer: one connection, immediate transactions
+	wdb *sql.DB // the writer: one connection, immediate transactions
 	// wstmts are the writer's prepared statements.
 	wstmts *stmtCache
-	rdb  *sql.DB // readers: up to readConns read-only connections
-	opts Options
-	log  *slog.Logger
+	rdb    *sql.DB // readers: up to readConns read-only connections
+	opts   Options
+	log    *slog.Logger
 
 	ownerPrefix string        // host,pid,uuid of this Backend
 	ownerSeq    atomic.Uint64 // makes each fetch's lock owner unique
