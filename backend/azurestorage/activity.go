@@ -15,16 +15,16 @@ import (
 const activityBatch = 8
 
 // GetActivityWorkItem waits until an activity is ready or ctx ends, like
-// GetOrchestrationWorkItem. A dequeue takes no more messages than there
-// are callers waiting (each caller holds a free execution slot), so
-// prefetched messages are handed out at once instead of waiting in memory
-// while their lock runs out. Activities this process schedules while a
-// caller waits are delivered by hand (messages.go); the queue is polled on
-// the schedule of pollState for the rest.
+// GetOrchestrationWorkItem. At most activityBatch activities wait in this
+// process's buffer (dequeued, or sent by this process and delivered by
+// hand: messages.go); one that waited past half its lock is renewed before
+// it is handed out (takeActivity), so none expires in memory. The queue is
+// polled on the schedule of pollState.
 func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityWorkItem, error) {
 	b.actWaiters.Add(1)
 	defer b.actWaiters.Add(-1)
 	for {
+		b.actPolling.Store(time.Now().UnixNano())
 		wake := b.actWake.C()
 		if m := b.takeActivity(ctx); m != nil {
 			if b.hooks.dropActivity != nil && b.hooks.dropActivity(m) {
@@ -49,7 +49,9 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 			continue
 		}
 		sctx, cancel := b.storageCtx(ctx)
-		n := int32(min(max(b.actWaiters.Load(), 1), activityBatch))
+		b.mu.Lock()
+		n := int32(max(activityBatch-len(b.actBuf), 1))
+		b.mu.Unlock()
 		msgs, err := b.dequeue(sctx, b.work, -1, n)
 		cancel()
 		if err != nil && ctx.Err() == nil {

@@ -60,8 +60,10 @@ type Backend struct {
 	// orchPolling is when GetOrchestrationWorkItem last looked for work
 	// (unix ns): control messages are delivered by hand only while it runs.
 	orchPolling atomic.Int64
-	timers      []time.Time // due times of delayed messages this process sent
-	lm          *leaseManager
+	// actPolling is the same for GetActivityWorkItem.
+	actPolling atomic.Int64
+	timers     []time.Time // due times of delayed messages this process sent
+	lm         *leaseManager
 	// confirmed holds, per instance, the seenKeys of consumed messages
 	// whose deletion succeeded since its last commit (see dedupe.go).
 	confirmed map[string]map[string]bool

@@ -530,8 +530,9 @@ func (b *Backend) deleteBlobsUnder(ctx context.Context, prefix string) error {
 // goes, and if this process dies it becomes visible when its lock runs out
 // and another worker takes it, exactly as a message the dead process had
 // dequeued. So one dequeue per message is saved, and a poll round trip of
-// latency. Work-item messages are taken only for slots already waiting, so
-// a busy worker does not hoard activities that idle workers could run.
+// latency. Work-item messages are taken only while this process's activity
+// poller runs and fewer than activityBatch wait in its buffer, so a busy
+// worker does not hoard activities that idle workers could run.
 //
 // Order: a message handed over overtakes the messages waiting in its queue.
 // So a queue is served by hand only while it has no backlog (its last poll
@@ -551,7 +552,8 @@ func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
 		b.mu.Lock()
 		buffered := len(b.actBuf)
 		b.mu.Unlock()
-		return int(b.actWaiters.Load()) > buffered && b.poll.isDrained(0)
+		return buffered < activityBatch && b.poll.isDrained(0) &&
+			time.Since(time.Unix(0, b.actPolling.Load())) < b.opts.MaxPollInterval+time.Second
 	}
 	for p, c := range b.control {
 		if c == q {
@@ -571,7 +573,7 @@ func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
 
 // maxHandBacklog is the most instances waiting for an episode in this
 // process for which control messages are still delivered by hand.
-const maxHandBacklog = 64
+const maxHandBacklog = 256
 
 // handDeliver buffers a message sent locked to this process.
 func (b *Backend) handDeliver(q *azqueue.QueueClient, env envelope, body string, resp azqueue.EnqueueMessagesResponse) {
