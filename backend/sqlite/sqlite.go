@@ -112,6 +112,7 @@ type Backend struct {
 
 	orchWake, actWake taskhub.Wake
 	leases            leases
+	group             writeGroup
 
 	mu      sync.Mutex
 	created bool
@@ -275,18 +276,136 @@ func (b *Backend) Stop(context.Context) error {
 
 // write runs fn in an immediate transaction on the writer connection.
 func (b *Backend) write(ctx context.Context, fn func(*stx) error) error {
-	tx, err := b.wdb.BeginTx(ctx, nil)
+	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	b.group.mu.Lock()
+	b.group.queue = append(b.group.queue, req)
+	lead := !b.group.leading
+	b.group.leading = true
+	b.group.mu.Unlock()
+	if lead {
+		b.commitGroups()
+	}
+	return <-req.done
+}
+
+// Group commit. The task hub's writes (locking work items, recording turns
+// and activity results) go through one writer connection one transaction
+// at a time, and a commit costs far more than the few statements in it
+// (the WAL frames and their system calls). So the writes waiting while a
+// transaction commits are run together in the next one: each in a
+// savepoint, so that one that fails is undone alone and reported to its
+// caller while the others commit; a failed commit fails them all. The
+// result is the same as running them one after another, in the order they
+// arrived, and each caller still returns only once its write is committed.
+// No goroutine waits for work: the caller that finds no group running
+// leads, and hands the lead to a new goroutine if more writes are waiting
+// when its group is done.
+
+// writeReq is one write waiting for a group.
+type writeReq struct {
+	ctx  context.Context
+	fn   func(*stx) error
+	done chan error
+	err  error // fn's error, or the group's
+	ok   bool  // fn succeeded (its fate is the commit's)
+}
+
+// writeGroup is the queue of writes.
+type writeGroup struct {
+	mu      sync.Mutex
+	queue   []*writeReq
+	leading bool
+}
+
+// maxGroup bounds the writes in one transaction.
+const maxGroup = 64
+
+// commitGroups runs one group of the waiting writes, then leaves the lead
+// to another goroutine if more are waiting.
+func (b *Backend) commitGroups() {
+	b.group.mu.Lock()
+	n := min(len(b.group.queue), maxGroup)
+	batch := b.group.queue[:n:n]
+	b.group.queue = b.group.queue[n:]
+	b.group.mu.Unlock()
+
+	b.runGroup(batch)
+
+	b.group.mu.Lock()
+	more := len(b.group.queue) > 0
+	b.group.leading = more
+	b.group.mu.Unlock()
+	if more {
+		go b.commitGroups()
+	}
+}
+
+func (b *Backend) runGroup(batch []*writeReq) {
+	// The transaction outlives any one caller's context: database/sql
+	// rolls a transaction back when its context ends.
+	tx, err := b.wdb.BeginTx(context.Background(), nil)
 	if err != nil {
-		return fmt.Errorf("sqlite: begin a write: %w", err)
+		for _, r := range batch {
+			r.done <- fmt.Errorf("sqlite: begin a write: %w", err)
+		}
+		return
 	}
 	defer tx.Rollback()
-	if err := fn(&stx{Tx: tx, stmts: b.wstmts}); err != nil {
-		return err
+	t := &stx{Tx: tx, stmts: b.wstmts}
+	if len(batch) == 1 {
+		r := batch[0]
+		r.err = r.ctx.Err()
+		if r.err == nil {
+			r.err = r.fn(t)
+		}
+		r.ok = r.err == nil
+	} else {
+		for _, r := range batch {
+			if r.err = r.ctx.Err(); r.err != nil {
+				continue
+			}
+			if _, err := t.ExecContext(r.ctx, `SAVEPOINT w`); err != nil {
+				r.err = fmt.Errorf("sqlite: begin a write: %w", err)
+				continue
+			}
+			if r.err = r.fn(t); r.err != nil {
+				if _, err := t.ExecContext(context.WithoutCancel(r.ctx), `ROLLBACK TO w`); err != nil {
+					b.abortGroup(batch, fmt.Errorf("sqlite: undo a failed write (%w): %w", r.err, err))
+					return
+				}
+			}
+			if _, err := t.ExecContext(context.WithoutCancel(r.ctx), `RELEASE w`); err != nil {
+				b.abortGroup(batch, fmt.Errorf("sqlite: end a write: %w", err))
+				return
+			}
+			r.ok = r.err == nil
+		}
 	}
+	var cerr error
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("sqlite: commit: %w", err)
+		cerr = fmt.Errorf("sqlite: commit: %w", err)
 	}
-	return nil
+	for _, r := range batch {
+		switch {
+		case r.ok && cerr != nil:
+			r.done <- cerr
+		case r.ok:
+			r.done <- nil
+		default:
+			r.done <- r.err
+		}
+	}
+}
+
+// abortGroup fails every write of a group whose transaction is broken.
+func (b *Backend) abortGroup(batch []*writeReq, err error) {
+	for _, r := range batch {
+		if !r.ok && r.err != nil && r.err != err {
+			r.done <- r.err // its own failure, undone with the rest
+			continue
+		}
+		r.done <- err
+	}
 }
 
 // writeDurable is write for a change acknowledged to a client: it commits
