@@ -355,12 +355,18 @@ var errNotClaimed = errors.New("alarm already raised or no longer due")
 // silence and an alarm time ahead would hold back its next alarm. Counting
 // them from now delays a due alarm by at most Silence.
 func (w *Watchdog) rebase(ctx context.Context, wv fleet.Watch, wall time.Time) {
-	limit := wall.Add(aheadTolerance)
 	var was time.Time
 	_, err := w.store.UpdateDrone(ctx, wv.ID, func(d *fleet.Drone) error {
 		if d.MissionID != wv.MissionID {
 			return errNotClaimed
 		}
+		// The clock as of this update, not of the scan's start: a scan
+		// can take long on slow storage, and a frame accepted meanwhile
+		// is not ahead of the clock.
+		if now := w.opts.Now().UTC(); now.After(wall) {
+			wall = now
+		}
+		limit := wall.Add(aheadTolerance)
 		changed := false
 		for _, t := range []*time.Time{&d.LastFrameAt, &d.DispatchedAt, &d.LastAlarmAt, &d.LastSignalAt} {
 			if t.After(limit) {

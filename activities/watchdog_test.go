@@ -480,3 +480,41 @@ func TestWatchdogFreesDronesOfEndedMissions(t *testing.T) {
 		t.Fatalf("alarms raised to ended missions: %v", got)
 	}
 }
+
+// slowStore is a store whose first drone update, in a scan, takes lag of
+// the clock: storage slow enough that frames are accepted while the scan
+// runs.
+type slowStore struct {
+	fleet.Store
+	clock *testClock
+	lag   time.Duration
+	once  sync.Once
+}
+
+func (s *slowStore) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone) error) (fleet.Drone, error) {
+	s.once.Do(func() { s.clock.Advance(s.lag) })
+	return s.Store.UpdateDrone(ctx, id, fn)
+}
+
+// TestWatchdogRebasesOnTheClockOfTheUpdate: a frame accepted while a slow
+// scan runs is later than the clock read at the scan's start, but not
+// ahead of the clock; the watchdog must not take it for a time written by
+// a clock that is ahead and move it back (which made drones that reported
+// all along look silent for as long as the scan took).
+func TestWatchdogRebasesOnTheClockOfTheUpdate(t *testing.T) {
+	t.Parallel()
+	inner := openStore(t)
+	clock := newTestClock(base)
+	// Accepted 30 s after the scan below starts, while it waits on storage.
+	fly(t, inner, "busy", func(d *fleet.Drone) { d.DispatchedAt, d.LastFrameAt = base.Add(-time.Minute), base.Add(30*time.Second) })
+	store := &slowStore{Store: inner, clock: clock, lag: 40 * time.Second}
+	wd := activities.NewWatchdog(store, &missions{}, clock.options(time.Minute))
+	scan(t, wd)
+	d, err := inner.Drone(context.Background(), "busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := base.Add(30 * time.Second); !d.LastFrameAt.Equal(want) {
+		t.Fatalf("last frame at %s after the scan, want %s: a frame accepted during the scan was moved back", d.LastFrameAt, want)
+	}
+}

@@ -12,6 +12,17 @@
 //   - SoloW1, SoloW2: one orchestration of the W1 or the W2 shape at a time,
 //     SoloRuns times, on an otherwise idle worker that has already run work.
 //
+// Two more workloads run dronehub itself, not synthetic orchestrations, and
+// only on dronehub's engines and when asked for (they take minutes at their
+// default sizes): each opens a dronehub worker (worker.New) on fresh storage
+// of the engine's kind and serves its HTTP API on loopback.
+//
+//   - W3: W3Missions delivery missions started at once, flown by the
+//     simulator, their drones posting telemetry to POST /api/telemetry until
+//     every mission has completed;
+//   - W4: W4Drones idle drones posting W4FramesPerDrone frames each to
+//     POST /api/telemetry, checked against the stored drone states.
+//
 // Engines: DronehubSQLite and DronehubAzure are dronehub's backends (see
 // package backend) in the stack dronehub's worker builds for them;
 // DtgoSQLiteFile and DtgoSQLiteMemory are durabletask-go's SQLite backend
@@ -40,7 +51,10 @@ import (
 	"log/slog"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/dronehub/dronehub/domain"
 )
 
 // Engine names.
@@ -77,10 +91,21 @@ const (
 	SoloW1 = "solo-w1"
 	// SoloW2 is one W2-shaped orchestration at a time, SoloRuns times.
 	SoloW2 = "solo-w2"
+	// W3 is W3Missions delivery missions flown by the simulator on a
+	// dronehub worker.
+	W3 = "w3"
+	// W4 is W4Drones drones posting W4FramesPerDrone telemetry frames each
+	// to a dronehub worker.
+	W4 = "w4"
 )
 
-// WorkloadNames returns every workload name, in the order Run runs them.
+// WorkloadNames returns the workloads run by default, in the order Run runs
+// them. W3 and W4 run only when Options.Workloads names them.
 func WorkloadNames() []string { return []string{W1, W2, SoloW1, SoloW2} }
+
+// AllWorkloadNames returns every workload name: the default ones, then W3
+// and W4.
+func AllWorkloadNames() []string { return append(WorkloadNames(), W3, W4) }
 
 // SequenceSteps is the number of sequential activities of a W1 orchestration.
 const SequenceSteps = 5
@@ -93,6 +118,14 @@ const (
 	DefaultSoloRuns         = 20
 	DefaultConcurrency      = 16
 
+	DefaultW3Missions       = 1000
+	DefaultW3FrameInterval  = time.Second
+	DefaultW3SpeedMps       = 60
+	DefaultW3Batch          = 100
+	DefaultW4Drones         = 1000
+	DefaultW4FramesPerDrone = 20
+	DefaultW4Batch          = 100
+
 	// MaxOrchestrations bounds W1Orchestrations, W2Orchestrations and
 	// SoloRuns.
 	MaxOrchestrations = 100_000
@@ -100,6 +133,12 @@ const (
 	MaxFanout = 1000
 	// MaxConcurrency bounds Concurrency.
 	MaxConcurrency = 1024
+	// MaxDrones bounds W3Missions and W4Drones (a drone is seeded for each).
+	MaxDrones = 100_000
+	// MaxFramesPerDrone bounds W4FramesPerDrone.
+	MaxFramesPerDrone = 100_000
+	// MaxSpeedMps bounds W3SpeedMps.
+	MaxSpeedMps = 10_000
 )
 
 // Options configures a bench. The zero value runs every workload at its
@@ -124,8 +163,28 @@ type Options struct {
 	SoloRuns int
 	// Concurrency bounds both the orchestration and the activity work items
 	// a worker processes at once, and the orchestrations the client
-	// schedules at once; default 16.
+	// schedules at once; default 16. In W3 and W4 it also bounds the
+	// telemetry posts in flight.
 	Concurrency int
+	// W3Missions is W3's size: missions started at once, one drone each;
+	// default 1000.
+	W3Missions int
+	// W3FrameInterval is the real time between two frames of a drone in W3
+	// (a tick); default 1s. Each frame is one second of the drone's flight.
+	W3FrameInterval time.Duration
+	// W3SpeedMps is the drones' cruise speed in W3, in metres per second of
+	// flight; default 60, four times a real delivery drone's, so that a
+	// 2-4 km route takes about a minute (50-80 frames) at one frame a
+	// second.
+	W3SpeedMps float64
+	// W3Batch is the most frames a W3 post carries: each tick's frames are
+	// posted in posts of up to W3Batch frames; default 100.
+	W3Batch int
+	// W4Drones, W4FramesPerDrone and W4Batch are W4's size: drones, frames
+	// each sends, and frames per post; defaults 1000, 20 and 100.
+	W4Drones         int
+	W4FramesPerDrone int
+	W4Batch          int
 	// AzureConnectionString is the Azure Storage account (or Azurite) of
 	// DronehubAzure. A fresh hub is created in it and deleted at the end.
 	AzureConnectionString string
@@ -137,8 +196,8 @@ type Options struct {
 	// Progress, if set, is called on the goroutine that called Run,
 	// OpenEngine or Engine.Run, never concurrently: when an engine starts
 	// opening and while it warms up (Workload ""), a few times a second
-	// while a workload runs, and once when it ends (Result set). It must
-	// return quickly.
+	// while a workload runs, and once when it ends (Result set; not when
+	// the workload failed). It must return quickly.
 	Progress func(Progress)
 }
 
@@ -149,9 +208,11 @@ type Progress struct {
 	// Workload is the workload running, or "" while the engine opens and
 	// warms up.
 	Workload string `json:"workload"`
-	// Done of Total orchestrations of the workload have completed.
-	Done  int `json:"done"`
-	Total int `json:"total"`
+	// Done of Total orchestrations of the workload have completed (Unit
+	// "missions" for W3: missions ended; "frames" for W4: frames posted).
+	Done  int    `json:"done"`
+	Total int    `json:"total"`
+	Unit  string `json:"unit,omitempty"`
 	// Elapsed is the time since the workload (or the opening) began.
 	Elapsed time.Duration `json:"elapsed"`
 	// Result is set once, when the workload has finished.
@@ -184,6 +245,27 @@ func (o Options) withDefaults() Options {
 	if o.Concurrency == 0 {
 		o.Concurrency = DefaultConcurrency
 	}
+	if o.W3Missions == 0 {
+		o.W3Missions = DefaultW3Missions
+	}
+	if o.W3FrameInterval == 0 {
+		o.W3FrameInterval = DefaultW3FrameInterval
+	}
+	if o.W3SpeedMps == 0 {
+		o.W3SpeedMps = DefaultW3SpeedMps
+	}
+	if o.W3Batch == 0 {
+		o.W3Batch = DefaultW3Batch
+	}
+	if o.W4Drones == 0 {
+		o.W4Drones = DefaultW4Drones
+	}
+	if o.W4FramesPerDrone == 0 {
+		o.W4FramesPerDrone = DefaultW4FramesPerDrone
+	}
+	if o.W4Batch == 0 {
+		o.W4Batch = DefaultW4Batch
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -204,10 +286,21 @@ func (o Options) validate() error {
 	size("W2Fanout", o.W2Fanout, MaxFanout)
 	size("SoloRuns", o.SoloRuns, MaxOrchestrations)
 	size("Concurrency", o.Concurrency, MaxConcurrency)
+	size("W3Missions", o.W3Missions, MaxDrones)
+	size("W3Batch", o.W3Batch, domain.MaxFramesPerBatch)
+	size("W4Drones", o.W4Drones, MaxDrones)
+	size("W4FramesPerDrone", o.W4FramesPerDrone, MaxFramesPerDrone)
+	size("W4Batch", o.W4Batch, domain.MaxFramesPerBatch)
+	if o.W3FrameInterval < time.Millisecond || o.W3FrameInterval > time.Minute {
+		errs = append(errs, fmt.Errorf("Options.W3FrameInterval is %s; want 1ms-1m", o.W3FrameInterval))
+	}
+	if !(o.W3SpeedMps >= 1 && o.W3SpeedMps <= MaxSpeedMps) {
+		errs = append(errs, fmt.Errorf("Options.W3SpeedMps is %g; want 1-%d", o.W3SpeedMps, MaxSpeedMps))
+	}
 	if err := checkNames("Engines", o.Engines, EngineNames()); err != nil {
 		errs = append(errs, err)
 	}
-	if err := checkNames("Workloads", o.Workloads, WorkloadNames()); err != nil {
+	if err := checkNames("Workloads", o.Workloads, AllWorkloadNames()); err != nil {
 		errs = append(errs, err)
 	}
 	if slices.Contains(o.Engines, DronehubAzure) && o.AzureConnectionString == "" {
@@ -236,7 +329,10 @@ func checkNames(field string, names, known []string) error {
 // Run runs every workload of opts on every engine of opts, one engine at a
 // time, and compares each result with the Baseline engine's result for the
 // same workload when the baseline ran. On error the report holds the
-// results measured so far.
+// results measured so far. A W3 or W4 that was measured but failed its
+// checks (a mission that did not complete, a drone state that is not the
+// last frame sent) is in the report too, and the bench goes on; its error
+// is returned at the end.
 func Run(ctx context.Context, opts Options) (*Report, error) {
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
@@ -258,22 +354,50 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 }
 
 func runAll(ctx context.Context, opts Options, rep *Report) error {
+	var skipped []string // engines that cannot run W3 and W4
+	defer func() {
+		if len(skipped) > 0 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s did not run on %s: durabletask-go's backend alone has no fleet store, telemetry ingestion or missions",
+				strings.Join(slices.DeleteFunc(slices.Clone(opts.Workloads), func(w string) bool { return !simWorkload(w) }), ", "),
+				strings.Join(skipped, ", ")))
+		}
+	}()
+	// The workloads that were measured but failed their checks (W3, W4):
+	// the others still run, and Run returns these errors at the end.
+	var failed []error
 	for _, name := range opts.Engines {
-		e, err := OpenEngine(ctx, name, opts)
+		workloads := opts.Workloads
+		if !dronehubEngine(name) && slices.ContainsFunc(workloads, simWorkload) {
+			skipped = append(skipped, name)
+			workloads = slices.DeleteFunc(slices.Clone(workloads), simWorkload)
+			if len(workloads) == 0 {
+				continue
+			}
+		}
+		eopts := opts
+		eopts.Workloads = workloads
+		e, err := OpenEngine(ctx, name, eopts)
 		if err != nil {
-			return err
+			return errors.Join(append(failed, err)...)
 		}
 		rep.Engines = append(rep.Engines, EngineInfo{Name: name, Storage: e.Storage()})
-		for _, w := range opts.Workloads {
+		for _, w := range workloads {
 			r, rerr := e.Run(ctx, w)
-			if rerr != nil {
-				return errors.Join(rerr, e.Close(context.WithoutCancel(ctx)))
+			if r != nil {
+				// W3 and W4 return their figures with the error when a
+				// mission failed or the ground truth check did.
+				rep.Results = append(rep.Results, *r)
 			}
-			rep.Results = append(rep.Results, *r)
+			switch {
+			case rerr != nil && r != nil && ctx.Err() == nil:
+				failed = append(failed, rerr)
+			case rerr != nil:
+				return errors.Join(append(failed, rerr, e.Close(context.WithoutCancel(ctx)))...)
+			}
 		}
 		if err := e.Close(ctx); err != nil {
-			return err
+			return errors.Join(append(failed, err)...)
 		}
 	}
-	return nil
+	return errors.Join(failed...)
 }

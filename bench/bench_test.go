@@ -304,3 +304,228 @@ func benchmarkWorkload(b *testing.B, workload string) {
 		})
 	}
 }
+
+// tinySim is a W3 and W4 run small enough for a test under -race on two
+// cores: 3 missions flown with 20 ms ticks at 600 m/s (about 20 frames a
+// flight), and 20 drones × 5 frames.
+func tinySim(t testing.TB, engine string) bench.Options {
+	return bench.Options{
+		Engines: []string{engine}, Workloads: []string{bench.W3, bench.W4},
+		W3Missions: 3, W3FrameInterval: 20 * time.Millisecond, W3SpeedMps: 600, W3Batch: 2,
+		W4Drones: 20, W4FramesPerDrone: 5, W4Batch: 7,
+		Concurrency: 4, TempDir: t.TempDir(),
+	}
+}
+
+func TestSimulatedWorkloads(t *testing.T) {
+	t.Parallel()
+	for _, engine := range []string{bench.DronehubSQLite, bench.DronehubAzure} {
+		t.Run(engine, func(t *testing.T) {
+			t.Parallel()
+			opts := tinySim(t, engine)
+			if engine == bench.DronehubAzure {
+				opts.AzureConnectionString = azr.Get(t).ConnectionString()
+			}
+			ctx := testContext(t)
+			rep, err := bench.Run(ctx, opts)
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if len(rep.Results) != 2 || rep.Results[0].Workload != bench.W3 || rep.Results[1].Workload != bench.W4 {
+				t.Fatalf("results %+v: want w3 then w4", rep.Results)
+			}
+			counted := engine == bench.DronehubAzure
+			checkMissions(t, rep.Results[0], opts, counted)
+			checkIngest(t, rep.Results[1], opts, counted)
+
+			var table bytes.Buffer
+			if err := rep.WriteTable(&table); err != nil {
+				t.Fatalf("write table: %v", err)
+			}
+			t.Logf("table:\n%s", table.String())
+			for _, want := range []string{engine + "  w3", engine + "  w4", "MISSIONS/S", "FRAMES/S", "20/20 drones", "w3 3 missions", "w4 20 drones × 5 frames"} {
+				if !strings.Contains(table.String(), want) {
+					t.Errorf("the table does not show %q:\n%s", want, table.String())
+				}
+			}
+			if strings.Contains(table.String(), "GAP P50") {
+				t.Errorf("the table has the task-hub table without its workloads:\n%s", table.String())
+			}
+			if counted != strings.Contains(table.String(), "storage requests per mission by kind") ||
+				counted != strings.Contains(table.String(), "storage requests per frame by kind") {
+				t.Errorf("requests by kind shown %v, want %v:\n%s", !counted, counted, table.String())
+			}
+			b, err := json.Marshal(rep)
+			if err != nil {
+				t.Fatalf("marshal: %v", err)
+			}
+			var back bench.Report
+			if err := json.Unmarshal(b, &back); err != nil || back.Results[0].Missions == nil || back.Results[1].Ingest == nil {
+				t.Errorf("JSON round trip lost the figures: %v\n%s", err, b)
+			}
+			if back.Settings.W3Missions != 3 || back.Settings.W4Drones != 20 || back.Settings.W3FrameIntervalMs != 20 {
+				t.Errorf("settings %+v", back.Settings)
+			}
+
+			// The workloads' storage is gone.
+			if engine == bench.DronehubSQLite {
+				if left, _ := os.ReadDir(opts.TempDir); len(left) != 0 {
+					t.Errorf("the workloads left files behind: %v", left)
+				}
+				return
+			}
+			for _, r := range rep.Results {
+				var storage string
+				if r.Missions != nil {
+					storage = r.Missions.Storage
+				} else {
+					storage = r.Ingest.Storage
+				}
+				i := strings.LastIndex(storage, " hub ")
+				if i < 0 {
+					t.Fatalf("storage %q names no hub", storage)
+				}
+				hub := strings.Fields(storage[i+len(" hub "):])[0]
+				if exists, err := azurestorage.HubExists(ctx, opts.AzureConnectionString, hub); err != nil || exists {
+					t.Errorf("%s's hub %s still exists (exists=%v, err=%v)", r.Workload, hub, exists, err)
+				}
+			}
+		})
+	}
+}
+
+// checkMissions checks W3's figures.
+func checkMissions(t *testing.T, r bench.Result, opts bench.Options, counted bool) {
+	t.Helper()
+	m := r.Missions
+	n := opts.W3Missions
+	if m == nil || r.Ingest != nil {
+		t.Fatalf("w3 result without its figures: %+v", r)
+	}
+	switch {
+	case m.Missions != n || r.Orchestrations != n || m.Failed != 0 || len(m.Failures) != 0:
+		t.Errorf("w3: %d missions (%d orchestrations), %d failed %v; want %d, none failed", m.Missions, r.Orchestrations, m.Failed, m.Failures, n)
+	case r.Seconds <= 0 || !near(r.OrchestrationsPerSecond, float64(n)/r.Seconds):
+		t.Errorf("w3: %v missions/s over %vs", r.OrchestrationsPerSecond, r.Seconds)
+	case r.LatencyMs.N != n || r.LatencyMs.P50 <= 0 || r.LatencyMs.P99 < r.LatencyMs.P50 || r.LatencyMs.P99 > r.Seconds*1000+1:
+		t.Errorf("w3: start-to-complete %+v over a %vs window", r.LatencyMs, r.Seconds)
+	// Every mission is sampled here, and each moves through five phases on
+	// its drone's telemetry: picked up, headed to drop-off, delivered,
+	// returning, completed.
+	case m.SampledMissions != n || m.TelemetryToStatusMs.N != 5*n || m.TelemetryToStatusUnobserved != 0 ||
+		m.TelemetryToStatusMs.P50 <= 0 || m.TelemetryToStatusMs.P99 < m.TelemetryToStatusMs.P50 || m.StatusPollMs <= 0 ||
+		m.TelemetryToStatusFromSendMs.N != 5*n || m.TelemetryToStatusFromSendMs.P50 < m.TelemetryToStatusMs.P50:
+		t.Errorf("w3: telemetry to status %+v of %d sampled missions, %d unobserved, polled every %vms; want %d samples",
+			m.TelemetryToStatusMs, m.SampledMissions, m.TelemetryToStatusUnobserved, m.StatusPollMs, 5*n)
+	case m.Frames < 10*n || m.Posts < m.Frames/opts.W3Batch || !near(m.FramesPerSecond, float64(m.Frames)/r.Seconds):
+		t.Errorf("w3: %d frames in %d posts, %v frames/s", m.Frames, m.Posts, m.FramesPerSecond)
+	case m.Signals < 5*n:
+		t.Errorf("w3: %d signals raised to %d missions, want at least one per phase change", m.Signals, n)
+	// Accept, reserve, dispatch, pickup, delivery, complete.
+	case r.Activities < 6*n || r.ActivityExecutions < r.Activities || r.ActivitiesPerOrchestration != 0:
+		t.Errorf("w3: %d activities, %d executions, %d per orchestration", r.Activities, r.ActivityExecutions, r.ActivitiesPerOrchestration)
+	case m.FrameIntervalMs != 20 || m.SpeedMps != opts.W3SpeedMps || m.Batch != opts.W3Batch || m.Storage == "":
+		t.Errorf("w3 settings: %+v", m)
+	}
+	if runtime.GOOS == "linux" {
+		switch {
+		case r.CPUSeconds <= 0 || !near(m.CPUPerMissionMs, r.CPUSeconds*1000/float64(n)):
+			t.Errorf("w3: CPU %vs, %vms per mission", r.CPUSeconds, m.CPUPerMissionMs)
+		case r.PeakRSSBytes < 1<<20 || m.RSS.EndBytes < 1<<20 || m.RSS.Samples < 2 ||
+			m.RSS.SecondHalfMinBytes <= 0 || m.RSS.SecondHalfMaxBytes < m.RSS.SecondHalfMinBytes:
+			t.Errorf("w3: peak RSS %d, RSS %+v", r.PeakRSSBytes, m.RSS)
+		}
+	}
+	checkSimRequests(t, r, counted, n, m.Frames)
+}
+
+// checkIngest checks W4's figures.
+func checkIngest(t *testing.T, r bench.Result, opts bench.Options, counted bool) {
+	t.Helper()
+	g := r.Ingest
+	if g == nil || r.Missions != nil {
+		t.Fatalf("w4 result without its figures: %+v", r)
+	}
+	frames := opts.W4Drones * opts.W4FramesPerDrone
+	// 4 bridges of 5 drones each post 25 frames in posts of 7: 4 posts each.
+	bridges, posts := opts.Concurrency, opts.Concurrency*4
+	switch {
+	case g.Drones != opts.W4Drones || g.FramesPerDrone != opts.W4FramesPerDrone || g.Batch != opts.W4Batch || g.Bridges != bridges:
+		t.Errorf("w4 settings: %+v", g)
+	case g.Frames != frames || g.Posts != posts || g.PostLatencyMs.N != posts:
+		t.Errorf("w4: %d frames in %d posts (%d latencies), want %d in %d", g.Frames, g.Posts, g.PostLatencyMs.N, frames, posts)
+	case g.Accepted+g.Duplicates < frames || g.Accepted > frames || g.Stale != 0 || g.Rejected != 0 || g.Duplicates > 0 && g.Retries == 0:
+		t.Errorf("w4 verdicts: %d accepted, %d duplicates, %d stale, %d rejected, %d retries", g.Accepted, g.Duplicates, g.Stale, g.Rejected, g.Retries)
+	case g.VerifiedDrones != opts.W4Drones:
+		t.Errorf("w4: %d of %d drones verified", g.VerifiedDrones, opts.W4Drones)
+	case r.Seconds <= 0 || !near(g.FramesPerSecond, float64(frames)/r.Seconds) || !near(g.PostsPerSecond, float64(posts)/r.Seconds):
+		t.Errorf("w4: %v frames/s, %v posts/s over %vs", g.FramesPerSecond, g.PostsPerSecond, r.Seconds)
+	case g.PostLatencyMs.P50 <= 0 || g.PostLatencyMs.P99 < g.PostLatencyMs.P50 || g.PostLatencyMs.P99 > r.Seconds*1000+1:
+		t.Errorf("w4: post latency %+v over %vs", g.PostLatencyMs, r.Seconds)
+	case r.Orchestrations != 0 || r.LatencyMs.N != 0:
+		t.Errorf("w4 ran orchestrations? %d, latency %+v", r.Orchestrations, r.LatencyMs)
+	}
+	if runtime.GOOS == "linux" && (r.CPUSeconds <= 0 || !near(g.CPUPerFrameUs, r.CPUSeconds*1e6/float64(frames)) || r.PeakRSSBytes < 1<<20) {
+		t.Errorf("w4: CPU %vs, %vµs per frame, peak RSS %d", r.CPUSeconds, g.CPUPerFrameUs, r.PeakRSSBytes)
+	}
+	checkSimRequests(t, r, counted, 0, frames)
+}
+
+// checkSimRequests checks the storage requests of W3 (per mission) or W4
+// (per frame).
+func checkSimRequests(t *testing.T, r bench.Result, counted bool, missions, frames int) {
+	t.Helper()
+	q := r.Requests
+	if !counted {
+		if q != nil {
+			t.Errorf("%s %s: requests counted on a backend that does not count them: %+v", r.Engine, r.Workload, q)
+		}
+		return
+	}
+	if q == nil || q.Total <= 0 || len(q.ByKind) == 0 {
+		t.Fatalf("%s %s: no storage requests counted: %+v", r.Engine, r.Workload, q)
+	}
+	var sum int64
+	for kind, k := range q.ByKind {
+		sum += k.Count
+		if !near(k.PerFrame, float64(k.Count)/float64(frames)) || missions > 0 && !near(k.PerOrchestration, float64(k.Count)/float64(missions)) {
+			t.Errorf("%s %s: %s %+v does not match %d frames, %d missions", r.Engine, r.Workload, kind, k, frames, missions)
+		}
+	}
+	if sum != q.Total || !near(q.PerFrame, float64(q.Total)/float64(frames)) || missions > 0 && !near(q.PerOrchestration, float64(q.Total)/float64(missions)) {
+		t.Errorf("%s %s: total %d (kinds sum to %d), %v per frame, %v per mission", r.Engine, r.Workload, q.Total, sum, q.PerFrame, q.PerOrchestration)
+	}
+	// Ingestion reads and writes drone rows.
+	if q.ByKind["table.query"].Count+q.ByKind["table.get"].Count == 0 && len(q.ByKind) < 2 {
+		t.Errorf("%s %s: requests %+v", r.Engine, r.Workload, q.ByKind)
+	}
+}
+
+// The baselines cannot fly missions: asked for W3 and W4 only, they are not
+// even opened, and a note says so. An engine opened for W3 and W4 only has
+// no task-hub worker of its own and refuses W1.
+func TestSimulatedWorkloadsNeedDronehub(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	opts := tinySim(t, bench.DtgoSQLiteMemory)
+	opts.Engines = []string{bench.DtgoSQLiteMemory, bench.DtgoSQLiteFile}
+	rep, err := bench.Run(ctx, opts)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if len(rep.Results) != 0 || len(rep.Engines) != 0 || len(rep.Notes) != 1 ||
+		!strings.Contains(rep.Notes[0], "w3, w4 did not run on dtgo-sqlite-memory, dtgo-sqlite-file") {
+		t.Errorf("results %+v, engines %+v, notes %q: want none run and one note", rep.Results, rep.Engines, rep.Notes)
+	}
+	if _, err := bench.OpenEngine(ctx, bench.DtgoSQLiteMemory, opts); err == nil || !strings.Contains(err.Error(), "dronehub engine") {
+		t.Errorf("opening a baseline for w3 and w4 only: %v, want a refusal", err)
+	}
+	e, err := bench.OpenEngine(ctx, bench.DronehubSQLite, tinySim(t, bench.DronehubSQLite))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer e.Close(ctx)
+	if r, err := e.Run(ctx, bench.W1); err == nil || r != nil || !strings.Contains(err.Error(), "opened for w3 and w4 only") {
+		t.Errorf("W1 on an engine opened for w3 and w4: %+v, %v", r, err)
+	}
+}

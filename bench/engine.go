@@ -31,6 +31,9 @@ type Engine struct {
 	opts    Options
 	runID   string
 	storage string
+	// stack is whether the engine's own task-hub stack (worker and client
+	// below) is open: not when it was opened for W3 and W4 only.
+	stack bool
 
 	// counter counts the worker backend's storage requests; nil when the
 	// backend does not count them.
@@ -50,19 +53,27 @@ type Engine struct {
 
 // OpenEngine opens the named engine with opts' concurrency and storage,
 // starts its worker and warms it up with one orchestration of each shape.
-// Only opts' Engines and Workloads are ignored.
+// opts.Engines is ignored. When opts.Workloads names only W3 and W4, which
+// run a dronehub worker of their own on fresh storage, the engine opens no
+// worker (and Run refuses the other workloads).
 func OpenEngine(ctx context.Context, name string, opts Options) (*Engine, error) {
+	stack := needsTaskHub(opts.Workloads)
 	opts.Engines, opts.Workloads = []string{name}, nil
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{name: name, opts: opts, runID: randomHex(4)}
+	e := &Engine{name: name, opts: opts, runID: randomHex(4), stack: stack}
 	began := time.Now()
 	e.progress(Progress{Engine: name})
-	err := e.open(ctx)
-	if err == nil {
-		err = e.warmUp(ctx, began)
+	var err error
+	if stack {
+		err = e.open(ctx)
+		if err == nil {
+			err = e.warmUp(ctx, began)
+		}
+	} else {
+		err = e.openSimOnly()
 	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open engine %s: %w", name, err), e.Close(context.WithoutCancel(ctx)))

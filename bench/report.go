@@ -55,6 +55,14 @@ type Settings struct {
 	W2Fanout         int      `json:"w2Fanout"`
 	SoloRuns         int      `json:"soloRuns"`
 	Concurrency      int      `json:"concurrency"`
+	// W3 and W4's sizes (see Options).
+	W3Missions        int     `json:"w3Missions"`
+	W3FrameIntervalMs float64 `json:"w3FrameIntervalMs"`
+	W3SpeedMps        float64 `json:"w3SpeedMps"`
+	W3Batch           int     `json:"w3Batch"`
+	W4Drones          int     `json:"w4Drones"`
+	W4FramesPerDrone  int     `json:"w4FramesPerDrone"`
+	W4Batch           int     `json:"w4Batch"`
 }
 
 func settingsOf(o Options) Settings {
@@ -63,6 +71,9 @@ func settingsOf(o Options) Settings {
 		W1Orchestrations: o.W1Orchestrations, W1Steps: SequenceSteps,
 		W2Orchestrations: o.W2Orchestrations, W2Fanout: o.W2Fanout,
 		SoloRuns: o.SoloRuns, Concurrency: o.Concurrency,
+		W3Missions: o.W3Missions, W3FrameIntervalMs: float64(o.W3FrameInterval) / float64(time.Millisecond),
+		W3SpeedMps: o.W3SpeedMps, W3Batch: o.W3Batch,
+		W4Drones: o.W4Drones, W4FramesPerDrone: o.W4FramesPerDrone, W4Batch: o.W4Batch,
 	}
 }
 
@@ -75,6 +86,13 @@ type EngineInfo struct {
 // Result is one workload measured on one engine. Times are measured over a
 // window that begins just before the first orchestration is scheduled and
 // ends when the last one's completion has been committed by the worker.
+//
+// For W3 an orchestration is a mission: Orchestrations, the rates and
+// LatencyMs are the missions' (LatencyMs from the StartMission call to the
+// turn that completed the mission), Activities are the mission activities
+// that returned without error, ActivitiesPerOrchestration is 0 (it varies),
+// and Missions has the rest. W4 runs no orchestration: its figures are in
+// Ingest, with the common CPU, RSS and request fields.
 type Result struct {
 	Engine   string `json:"engine"`
 	Workload string `json:"workload"`
@@ -123,10 +141,111 @@ type Result struct {
 	// VsBaseline compares the result with the Baseline engine's result for
 	// the same workload, when the baseline ran.
 	VsBaseline *Ratios `json:"vsBaseline,omitempty"`
+	// Missions holds W3's own figures; nil for other workloads.
+	Missions *MissionFigures `json:"missions,omitempty"`
+	// Ingest holds W4's figures; nil for other workloads.
+	Ingest *IngestFigures `json:"ingest,omitempty"`
+}
+
+// MissionFigures are W3's figures beyond the common ones.
+type MissionFigures struct {
+	// Storage is the fresh storage the workload's worker ran on.
+	Storage string `json:"storage"`
+	// Missions were started; Failed of them did not end as a completed
+	// delivery (Failures names the first ones and why). With no fault
+	// injected Failed must be 0: the workload fails otherwise.
+	Missions int      `json:"missions"`
+	Failed   int      `json:"failed"`
+	Failures []string `json:"failures,omitempty"`
+	// FrameIntervalMs, SpeedMps and Batch are the simulation's settings.
+	FrameIntervalMs float64 `json:"frameIntervalMs"`
+	SpeedMps        float64 `json:"speedMps"`
+	Batch           int     `json:"batch"`
+	// TelemetryToStatusMs is, for the frames that move a sampled mission to
+	// its next phase, the time from the answer to the post that carried the
+	// frame to the first poll of the mission's status (every StatusPollMs)
+	// that shows the phase; TelemetryToStatusFromSendMs the same from the
+	// moment the post was sent. The frame was applied, and its signal
+	// raised, somewhere between the two. TelemetryToStatusUnobserved counts
+	// the samples whose mission ended without showing it. SampledMissions
+	// is how many missions were sampled (every k-th, at most 20).
+	TelemetryToStatusMs         Percentiles `json:"telemetryToStatusMs"`
+	TelemetryToStatusFromSendMs Percentiles `json:"telemetryToStatusFromSendMs"`
+	TelemetryToStatusUnobserved int         `json:"telemetryToStatusUnobserved,omitempty"`
+	SampledMissions             int         `json:"sampledMissions"`
+	StatusPollMs                float64     `json:"statusPollMs"`
+	// TickMs is the time from one tick's start to the next's while drones
+	// fly: FrameInterval when the worker takes a tick's posts in time,
+	// longer when it does not (a drone then reports less often than once
+	// a FrameInterval); MaxTickMs is the longest.
+	TickMs    Percentiles `json:"tickMs"`
+	MaxTickMs float64     `json:"maxTickMs"`
+	// Frames were posted in Posts posts (FramesPerSecond over the window);
+	// Signals is the sum of the posts' "signals" (events raised to
+	// missions). Retries counts posts sent again after a 503, a 429 or no
+	// answer; Duplicates the frames those answered as already applied.
+	Frames          int     `json:"frames"`
+	Posts           int     `json:"posts"`
+	FramesPerSecond float64 `json:"framesPerSecond"`
+	Signals         int     `json:"signals"`
+	Retries         int     `json:"retries"`
+	Duplicates      int     `json:"duplicates"`
+	// CPUPerMissionMs is Result.CPUSeconds per mission.
+	CPUPerMissionMs float64 `json:"cpuPerMissionMs"`
+	// RSS is the resident set over the workload, sampled every few seconds.
+	RSS RSSFigures `json:"rss"`
+}
+
+// RSSFigures describe the process's resident set (VmRSS) over a workload:
+// at its end, and the smallest and largest sample of its second half (close
+// together when memory stays flat, apart when it grows).
+type RSSFigures struct {
+	EndBytes           int64   `json:"endBytes,omitempty"`
+	SecondHalfMinBytes int64   `json:"secondHalfMinBytes,omitempty"`
+	SecondHalfMaxBytes int64   `json:"secondHalfMaxBytes,omitempty"`
+	Samples            int     `json:"samples"`
+	SampleEverySeconds float64 `json:"sampleEverySeconds"`
+}
+
+// IngestFigures are W4's figures.
+type IngestFigures struct {
+	// Storage is the fresh storage the workload's worker ran on.
+	Storage string `json:"storage"`
+	// Drones each sent FramesPerDrone frames, in posts of Batch frames,
+	// from Bridges bridges posting at once.
+	Drones         int `json:"drones"`
+	FramesPerDrone int `json:"framesPerDrone"`
+	Batch          int `json:"batch"`
+	Bridges        int `json:"bridges"`
+	// Frames in Posts, over the window (first post sent to last answer).
+	Frames          int     `json:"frames"`
+	Posts           int     `json:"posts"`
+	FramesPerSecond float64 `json:"framesPerSecond"`
+	PostsPerSecond  float64 `json:"postsPerSecond"`
+	// PostLatencyMs is each post's time from its first send to its answer
+	// (retries included).
+	PostLatencyMs Percentiles `json:"postLatencyMs"`
+	// Retries counts posts sent again after a 503, a 429 or no answer.
+	Retries int `json:"retries"`
+	// The verdicts of the answers.
+	Accepted   int `json:"accepted"`
+	Duplicates int `json:"duplicates"`
+	Stale      int `json:"stale"`
+	Rejected   int `json:"rejected"`
+	// CPUPerFrameUs is Result.CPUSeconds per frame.
+	CPUPerFrameUs float64 `json:"cpuPerFrameUs"`
+	// VerifiedDrones is how many drones' stored state was read back and
+	// found equal to the last frame sent to them (all of them, or the
+	// workload fails).
+	VerifiedDrones int `json:"verifiedDrones"`
 }
 
 // Solo reports whether r is a solo workload (one orchestration at a time).
 func (r Result) Solo() bool { return r.Workload == SoloW1 || r.Workload == SoloW2 }
+
+// Simulated reports whether r is W3 or W4, which ran a dronehub worker and
+// the simulator instead of the bench's orchestrations.
+func (r Result) Simulated() bool { return r.Missions != nil || r.Ingest != nil }
 
 // Percentiles of a set of durations, in milliseconds (nearest rank: with 20
 // samples, P99 is the largest).
@@ -142,6 +261,8 @@ type Requests struct {
 	Total            int64   `json:"total"`
 	PerActivity      float64 `json:"perActivity"`
 	PerOrchestration float64 `json:"perOrchestration"`
+	// PerFrame is per telemetry frame posted (W3 and W4).
+	PerFrame float64 `json:"perFrame,omitempty"`
 	// ByKind breaks them down by request kind, e.g. "queue.dequeue".
 	ByKind map[string]KindRequests `json:"byKind"`
 }
@@ -151,6 +272,7 @@ type KindRequests struct {
 	Count            int64   `json:"count"`
 	PerActivity      float64 `json:"perActivity"`
 	PerOrchestration float64 `json:"perOrchestration"`
+	PerFrame         float64 `json:"perFrame,omitempty"`
 }
 
 // Ratios compare a result with the baseline's result for the same workload:

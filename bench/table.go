@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -25,12 +26,32 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "dronehub bench, %s, %s %s/%s, %s%s, load average %.2f %.2f %.2f at the start, %.2f %.2f %.2f at the end\n",
 		r.Date.Format("2006-01-02 15:04 UTC"), r.GoVersion, m.OS, m.Arch, cpu, mem,
 		la.Start[0], la.Start[1], la.Start[2], la.End[0], la.End[1], la.End[2])
-	fmt.Fprintf(w, "w1 %d×%d, w2 %d×%d, solo %d runs each, concurrency %d\n\n",
-		s.W1Orchestrations, s.W1Steps, s.W2Orchestrations, s.W2Fanout, s.SoloRuns, s.Concurrency)
+	fmt.Fprintln(w, settingsLine(s))
+	if err := r.writeTaskHubTable(w); err != nil {
+		return err
+	}
+	if err := r.writeSimTables(w); err != nil {
+		return err
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "Note: %s\n", n)
+	}
+	return nil
+}
 
+// writeTaskHubTable writes the rows of the task-hub workloads (W1, W2,
+// solo), if any ran, with their requests by kind and their legend.
+func (r *Report) writeTaskHubTable(w io.Writer) error {
+	if !slices.ContainsFunc(r.Results, func(res Result) bool { return !res.Simulated() }) {
+		return nil
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ENGINE\tWORKLOAD\tORCH×ACT\tORCH/S\tACT/S\tP50\tP99\tGAP P50\tREQ/ACT\tREQ/ORCH\tCPU/ACT\tPEAK RSS\tTHRU×\tP50×")
 	for _, res := range r.Results {
+		if res.Simulated() {
+			continue
+		}
 		thru, acts, thruX := rate(res.OrchestrationsPerSecond), rate(res.ActivitiesPerSecond), "-"
 		if res.Solo() {
 			thru, acts = "-", "-"
@@ -71,7 +92,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 
 	var kinds []string
 	for _, res := range r.Results {
-		if res.Requests == nil || len(res.Requests.ByKind) == 0 {
+		if res.Requests == nil || len(res.Requests.ByKind) == 0 || res.Simulated() {
 			continue
 		}
 		keys := make([]string, 0, len(res.Requests.ByKind))
@@ -98,9 +119,6 @@ func (r *Report) WriteTable(w io.Writer) error {
 		"(workers and in-process client) per activity. PEAK RSS: the whole process's peak during the workload%s.\n"+
 		"THRU×, P50×: throughput and p50 latency divided by %s's on the same workload.\n",
 		rssNote(r.Results), Baseline)
-	for _, n := range r.Notes {
-		fmt.Fprintf(w, "Note: %s\n", n)
-	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -156,13 +157,26 @@ func (r *recorder) gaps(ids []string, steps int) []time.Duration {
 	return out
 }
 
-// Run runs one workload (W1, W2, SoloW1 or SoloW2) on the engine and
-// measures it. Workloads run one at a time on an engine.
+// Run runs one workload (W1, W2, SoloW1, SoloW2, W3 or W4) on the engine
+// and measures it. Workloads run one at a time on an engine. On error the
+// result is nil, except when W3 ran but a mission failed, or W4 ran but
+// its ground truth check failed: the figures are returned with the error.
 func (e *Engine) Run(ctx context.Context, workload string) (*Result, error) {
 	var (
 		r   *Result
 		err error
 	)
+	if !slices.Contains(AllWorkloadNames(), workload) {
+		return nil, fmt.Errorf("bench: unknown workload %q; known: %v", workload, AllWorkloadNames())
+	}
+	if !e.stack && !simWorkload(workload) {
+		return nil, fmt.Errorf("bench: engine %s was opened for %s and %s only (Options.Workloads); open it with %s among its workloads",
+			e.name, W3, W4, workload)
+	}
+	if simWorkload(workload) && !dronehubEngine(e.name) {
+		return nil, fmt.Errorf("bench: %s needs a dronehub engine (%s or %s): %s has no fleet store, telemetry ingestion or missions",
+			workload, DronehubSQLite, DronehubAzure, e.name)
+	}
 	switch workload {
 	case W1:
 		r, err = e.batch(ctx, workload, sequenceName, e.opts.W1Orchestrations, SequenceSteps)
@@ -172,13 +186,24 @@ func (e *Engine) Run(ctx context.Context, workload string) (*Result, error) {
 		r, err = e.solo(ctx, workload, sequenceName, SequenceSteps)
 	case SoloW2:
 		r, err = e.solo(ctx, workload, fanOutName, e.opts.W2Fanout)
+	case W3:
+		r, err = e.missions(ctx)
+	case W4:
+		r, err = e.ingest(ctx)
 	default:
-		return nil, fmt.Errorf("bench: unknown workload %q; known: %v", workload, WorkloadNames())
+		return nil, fmt.Errorf("bench: unknown workload %q; known: %v", workload, AllWorkloadNames())
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s on %s: %w", workload, e.name, err)
+		return r, fmt.Errorf("%s on %s: %w", workload, e.name, err)
 	}
-	e.progress(Progress{Engine: e.name, Workload: workload, Done: r.Orchestrations, Total: r.Orchestrations,
+	done, unit := r.Orchestrations, ""
+	switch {
+	case r.Missions != nil:
+		unit = "missions"
+	case r.Ingest != nil:
+		done, unit = r.Ingest.Frames, "frames"
+	}
+	e.progress(Progress{Engine: e.name, Workload: workload, Done: done, Total: done, Unit: unit,
 		Elapsed: time.Duration(r.Seconds * float64(time.Second)), Result: r})
 	return r, nil
 }

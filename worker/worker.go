@@ -292,7 +292,7 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 		watchdog: activities.NewWatchdog(hub.Fleet, client, activities.WatchdogOptions{
 			Silence: cfg.Mission.Watchdog, Interval: cfg.WatchdogInterval, Logger: log,
 		}),
-		log:      log,
+		log: log,
 	}
 	proxies, _ := httpapi.ParseTrustedProxies(cfg.TrustedProxies) // checked by validate
 	w.handler = httpapi.NewHandler(httpapi.Options{

@@ -150,9 +150,7 @@ func (b *Backend) cacheCommitted(ctx context.Context, id string, it *orchItem, p
 		}
 		return
 	}
-	for _, old := range b.cache.put(id, ns) {
-		b.flushSent(old)
-	}
+	b.flushSent(b.cache.put(id, ns)...)
 	if !b.lm.isActive(b.partition(id)) {
 		// The partition went while the entry was built: dropCached may
 		// have run before the put.
@@ -217,23 +215,41 @@ func rowRef(e entity) entity {
 	return r
 }
 
-// flushSent deletes, in the background, the sent outbox rows of a state
-// leaving the cache. A row not deleted (the worker dies, storage fails) is
-// sent again by the instance's next load, harmlessly.
-func (b *Backend) flushSent(st *loadedState) {
-	if st == nil || len(st.sent) == 0 {
+// flushSent deletes, in the background, the sent outbox rows of states
+// leaving the cache, eight at a time in one goroutine however many states
+// leave at once (a partition of a thousand cached instances released). A
+// row not deleted (the worker dies, storage fails) is sent again by the
+// instance's next load, harmlessly.
+func (b *Backend) flushSent(states ...*loadedState) {
+	type row struct{ id, rk string }
+	var rows []row
+	for _, st := range states {
+		if st == nil {
+			continue
+		}
+		for _, e := range st.sent {
+			rows = append(rows, row{st.sentinel.str("InstanceID"), e.str("RowKey")})
+		}
+	}
+	if len(rows) == 0 {
 		return
 	}
-	id := st.sentinel.str("InstanceID")
-	rows := st.sent
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(b.bg), 30*time.Second)
 		defer cancel()
-		for _, row := range rows {
-			b.deleteRow(ctx, id, row.str("RowKey"))
+		sem := make(chan struct{}, 8)
+		var wg sync.WaitGroup
+		for _, r := range rows {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				b.deleteRow(ctx, r.id, r.rk)
+			}()
 		}
+		wg.Wait()
 	}()
 }
 
@@ -243,9 +259,11 @@ func (b *Backend) dropCached(p int) {
 	if b.cache == nil {
 		return
 	}
+	var states []*loadedState
 	for _, st := range b.cache.takeWhere(func(id string) bool { return b.partition(id) == p }) {
-		b.flushSent(st)
+		states = append(states, st)
 	}
+	b.flushSent(states...)
 }
 
 // flushCache empties the cache, deleting the sent outbox rows (at Close).

@@ -148,7 +148,9 @@ func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env en
 		}
 	}
 	hand := mayHand && vis == 0 && b.handDeliverable(q, env)
-	env.Hand = 0
+	if mayHand {
+		env.Hand = 0 // a new message (enqueueVisible keeps the caller's count)
+	}
 	if hand {
 		// Sent locked to this process (see handDeliver).
 		vis = int32(b.opts.LockTimeout / time.Second)
@@ -344,7 +346,7 @@ func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
 // message, so it does not count toward MaxDequeueCount (see poison).
 func (b *Backend) release(ctx context.Context, m *inMsg, delay time.Duration, benign bool) error {
 	if m.carrier != nil {
-		return b.materialize(ctx, m, delay)
+		return b.materialize(ctx, m, delay, benign)
 	}
 	b.unhold(m)
 	m.lk.Lock()
@@ -653,7 +655,7 @@ func (b *Backend) carry(m *inMsg, env envelope, result *dtbackend.HistoryEvent) 
 // delay) and then deletes the activity message that carried it. If the send
 // fails, the activity message is released instead: the activity runs again
 // and its result takes the usual way.
-func (b *Backend) materialize(ctx context.Context, m *inMsg, delay time.Duration) error {
+func (b *Backend) materialize(ctx context.Context, m *inMsg, delay time.Duration, benign bool) error {
 	m.lk.Lock()
 	if m.gone {
 		m.lk.Unlock()
@@ -666,8 +668,13 @@ func (b *Backend) materialize(ctx context.Context, m *inMsg, delay time.Duration
 	if delay > 0 {
 		at = time.Now().Add(delay)
 	}
+	// Its carried delivery counts toward MaxDequeueCount like any other
+	// (Hand), unless it ended in a benign release (Benign).
 	env := m.env
-	env.Hand = 0
+	env.Hand = 1
+	if benign {
+		env.Benign++
+	}
 	// Visible, never handed over again: whoever releases a message wants
 	// the queue to have it.
 	if err := b.enqueueVisible(ctx, m.queue, env, at); err != nil {

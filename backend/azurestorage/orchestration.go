@@ -648,7 +648,10 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 	if it.completeFailed {
 		delay = time.Second
 	}
+	// Every message is released, whatever happens to the others: one left
+	// out would stay locked, and renewed, for as long as this worker lives.
 	var lost bool
+	var errs []error
 	for _, m := range it.msgs {
 		if failed {
 			if n := m.failures() + 1; n >= int64(b.opts.MaxDequeueCount) {
@@ -662,8 +665,12 @@ func (b *Backend) AbandonOrchestrationWorkItem(ctx context.Context, wi *dtbacken
 				lost = true
 				continue
 			}
-			return err
+			b.unhold(m) // its lock runs out instead
+			errs = append(errs, err)
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	if lost {
 		return dtbackend.ErrWorkItemLockLost

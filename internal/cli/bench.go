@@ -16,6 +16,7 @@ import (
 
 	"github.com/dronehub/dronehub/backend"
 	"github.com/dronehub/dronehub/bench"
+	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/internal/azurite"
 )
 
@@ -31,12 +32,22 @@ func benchWorkloads(name string) []string {
 		return []string{bench.W2}
 	case "solo":
 		return []string{bench.SoloW1, bench.SoloW2}
+	case "w3":
+		return []string{bench.W3}
+	case "w4":
+		return []string{bench.W4}
 	}
 	return nil
 }
 
+// benchWorkloadFlags returns the names --workloads takes.
+func benchWorkloadFlags() []string { return []string{"w1", "w2", "solo", "w3", "w4"} }
+
 type benchFlags struct {
 	w1, w2, fanout, solo, conc          int
+	w3, w3Batch, w4, w4Frames, w4Batch  int
+	w3Interval                          time.Duration
+	w3Speed                             float64
 	engines, workloads, azure, jsonPath string
 	logLevel                            string
 	timeout                             time.Duration
@@ -50,10 +61,17 @@ func (a *App) bench(ctx context.Context, args []string) error {
 	fs.IntVar(&f.w2, "w2-orchestrations", bench.DefaultW2Orchestrations, "W2: fan-out/fan-in orchestrations, all scheduled at once")
 	fs.IntVar(&f.fanout, "w2-fanout", bench.DefaultW2Fanout, "parallel activities of each W2 (and solo fan-out) orchestration")
 	fs.IntVar(&f.solo, "solo-runs", bench.DefaultSoloRuns, "orchestrations of each shape run one at a time on an idle worker, for the solo latency")
-	fs.IntVar(&f.conc, "concurrency", bench.DefaultConcurrency, "orchestration work items, and activity work items, processed at once")
+	fs.IntVar(&f.conc, "concurrency", bench.DefaultConcurrency, "orchestration work items, and activity work items, processed at once (w3, w4: also telemetry posts in flight)")
+	fs.IntVar(&f.w3, "w3-missions", bench.DefaultW3Missions, "W3: delivery missions started at once, one drone each, flown by the simulator")
+	fs.DurationVar(&f.w3Interval, "w3-frame-interval", bench.DefaultW3FrameInterval, "W3: real time between two frames of a drone; each frame is one second of flight")
+	fs.Float64Var(&f.w3Speed, "w3-speed", bench.DefaultW3SpeedMps, "W3: the drones' cruise speed in m/s of flight (time compression: a real drone flies ~15)")
+	fs.IntVar(&f.w3Batch, "w3-batch", bench.DefaultW3Batch, "W3: most frames per telemetry post (a tick's frames are split into posts of this size)")
+	fs.IntVar(&f.w4, "w4-drones", bench.DefaultW4Drones, "W4: drones posting telemetry (no missions)")
+	fs.IntVar(&f.w4Frames, "w4-frames-per-drone", bench.DefaultW4FramesPerDrone, "W4: frames each drone posts")
+	fs.IntVar(&f.w4Batch, "w4-batch", bench.DefaultW4Batch, "W4: frames per telemetry post")
 	fs.StringVar(&f.engines, "engines", "", "comma-separated engines: "+strings.Join(bench.EngineNames(), ", ")+
 		"\n(default all that are available; "+bench.DronehubAzure+" needs --azure or Azurite installed by npm ci)")
-	fs.StringVar(&f.workloads, "workloads", "w1,w2,solo", "comma-separated workloads: w1, w2, solo")
+	fs.StringVar(&f.workloads, "workloads", "w1,w2,solo", "comma-separated workloads: w1, w2, solo, w3, w4\n(w3 and w4 take minutes at their default sizes and run only on the dronehub engines: ask for them, e.g. --workloads w3,w4)")
 	fs.StringVar(&f.azure, "azure", "", "Azure Storage connection string for "+bench.DronehubAzure+" [$"+benchAzureEnv+"]; a fresh hub is made and deleted.\nWithout it, a local in-memory Azurite from node_modules is started for the run")
 	fs.StringVar(&f.jsonPath, "json", "", "also write the full results as JSON to this `file`")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Minute, "give up after this long")
@@ -61,7 +79,12 @@ func (a *App) bench(ctx context.Context, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintf(a.Stderr, "Usage: dronehub bench [flags]\n\n"+
 			"Measures the task-hub engines in this process: W1 (sequences), W2 (fan-out/fan-in) and solo latency,\n"+
-			"on dronehub's backends and durabletask-go's own SQLite backend. See docs/performance.md.\n\nFlags:\n")
+			"on dronehub's backends and durabletask-go's own SQLite backend. See docs/performance.md.\n\n"+
+			"Not run by default: W3 (delivery missions flown by the simulator, telemetry posted over HTTP, until all\n"+
+			"complete) and W4 (telemetry ingestion into drone state, checked against what was sent), on a dronehub\n"+
+			"worker of their own; they take minutes at their default sizes. Run them with\n"+
+			"  dronehub bench --workloads w3,w4                      (dronehub-sqlite and dronehub-azure)\n"+
+			"  dronehub bench --workloads w1,w2,solo,w3,w4           (everything)\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -100,15 +123,24 @@ func (a *App) bench(ctx context.Context, args []string) error {
 	var notes []string
 	explicitAzure := slices.Contains(opts.Engines, bench.DronehubAzure)
 	if (explicitAzure || f.engines == "") && opts.AzureConnectionString == "" {
-		srv, err := azurite.Launch(azurite.Options{})
+		// On disk, in a temporary directory: in memory, Azurite keeps every
+		// queue message ever written as an extent of its own and stalls for
+		// a minute and more sweeping them once thousands were written (a W3
+		// run writes hundreds of thousands).
+		dir, err := os.MkdirTemp("", "dronehub-bench-azurite-")
+		if err != nil {
+			return fmt.Errorf("start Azurite for %s: %w", bench.DronehubAzure, err)
+		}
+		defer os.RemoveAll(dir)
+		srv, err := azurite.Launch(azurite.Options{Location: dir})
 		switch {
 		case err == nil:
 			defer srv.Stop()
 			opts.AzureConnectionString = srv.ConnectionString()
-			note := fmt.Sprintf("%s ran on Azurite %s, in memory, started by dronehub bench on 127.0.0.1 (a Node.js process beside this one: its CPU is not in CPU/ACT)",
+			note := fmt.Sprintf("%s ran on Azurite %s, on disk in a temporary directory, started by dronehub bench on 127.0.0.1 (a Node.js process beside this one: its CPU is not in CPU/ACT)",
 				bench.DronehubAzure, orDash(azurite.Version()))
 			notes = append(notes, note)
-			fmt.Fprintf(a.Stderr, "started Azurite %s (in memory) for %s\n", orDash(azurite.Version()), bench.DronehubAzure)
+			fmt.Fprintf(a.Stderr, "started Azurite %s (on disk) for %s\n", orDash(azurite.Version()), bench.DronehubAzure)
 		case errors.Is(err, azurite.ErrNotInstalled) && !explicitAzure:
 			notes = append(notes, bench.DronehubAzure+" did not run: no --azure and Azurite is not installed (npm ci at the module root)")
 			fmt.Fprintf(a.Stderr, "skipping %s: no --azure (or $%s) and Azurite is not installed (run npm ci at the module root)\n", bench.DronehubAzure, benchAzureEnv)
@@ -139,6 +171,10 @@ func (a *App) bench(ctx context.Context, args []string) error {
 		if len(rep.Results) > 0 {
 			fmt.Fprintln(a.Stderr, "results so far:")
 			_ = rep.WriteTable(a.Stderr)
+			// The figures of a failed W3 or W4 are worth keeping too.
+			if err := writeBenchJSON(f.jsonPath, rep); err != nil {
+				runErr = errors.Join(runErr, err)
+			}
 		}
 		if errors.Is(runErr, context.DeadlineExceeded) && ctx.Err() != nil {
 			return fmt.Errorf("bench did not finish within --timeout %s: %w", f.timeout, runErr)
@@ -148,14 +184,21 @@ func (a *App) bench(ctx context.Context, args []string) error {
 	if err := rep.WriteTable(a.Stdout); err != nil {
 		return err
 	}
-	if f.jsonPath != "" {
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return fmt.Errorf("encode the results: %w", err)
-		}
-		if err := os.WriteFile(f.jsonPath, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("--json: %w", err)
-		}
+	return writeBenchJSON(f.jsonPath, rep)
+}
+
+// writeBenchJSON writes the report to path as indented JSON; nothing if
+// path is "".
+func writeBenchJSON(path string, rep *bench.Report) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode the results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--json: %w", err)
 	}
 	return nil
 }
@@ -173,6 +216,17 @@ func (f benchFlags) options() (bench.Options, error) {
 	size("w2-fanout", f.fanout, bench.MaxFanout)
 	size("solo-runs", f.solo, bench.MaxOrchestrations)
 	size("concurrency", f.conc, bench.MaxConcurrency)
+	size("w3-missions", f.w3, bench.MaxDrones)
+	size("w3-batch", f.w3Batch, domain.MaxFramesPerBatch)
+	size("w4-drones", f.w4, bench.MaxDrones)
+	size("w4-frames-per-drone", f.w4Frames, bench.MaxFramesPerDrone)
+	size("w4-batch", f.w4Batch, domain.MaxFramesPerBatch)
+	if f.w3Interval < time.Millisecond || f.w3Interval > time.Minute {
+		errs = append(errs, fmt.Errorf("--w3-frame-interval %s: must be 1ms-1m", f.w3Interval))
+	}
+	if !(f.w3Speed >= 1 && f.w3Speed <= bench.MaxSpeedMps) {
+		errs = append(errs, fmt.Errorf("--w3-speed %g: must be 1-%d m/s", f.w3Speed, bench.MaxSpeedMps))
+	}
 	if f.timeout <= 0 {
 		errs = append(errs, fmt.Errorf("--timeout %s: must be positive", f.timeout))
 	}
@@ -186,11 +240,11 @@ func (f benchFlags) options() (bench.Options, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	names, err := commaList("workloads", f.workloads, []string{"w1", "w2", "solo"})
+	names, err := commaList("workloads", f.workloads, benchWorkloadFlags())
 	if err != nil {
 		errs = append(errs, err)
 	} else if len(names) == 0 {
-		errs = append(errs, errors.New("--workloads is empty: give one or more of w1, w2, solo"))
+		errs = append(errs, errors.New("--workloads is empty: give one or more of "+strings.Join(benchWorkloadFlags(), ", ")))
 	}
 	var workloads []string
 	for _, n := range names {
@@ -207,6 +261,8 @@ func (f benchFlags) options() (bench.Options, error) {
 		Engines: engines, Workloads: workloads,
 		W1Orchestrations: f.w1, W2Orchestrations: f.w2, W2Fanout: f.fanout, SoloRuns: f.solo,
 		Concurrency: f.conc, AzureConnectionString: f.azure,
+		W3Missions: f.w3, W3FrameInterval: f.w3Interval, W3SpeedMps: f.w3Speed, W3Batch: f.w3Batch,
+		W4Drones: f.w4, W4FramesPerDrone: f.w4Frames, W4Batch: f.w4Batch,
 	}, nil
 }
 
@@ -246,9 +302,19 @@ func newBenchProgress(w io.Writer) *benchProgress {
 func (p *benchProgress) update(pr bench.Progress) {
 	if r := pr.Result; r != nil && !p.tty {
 		took := time.Duration(r.Seconds * float64(time.Second)).Round(time.Millisecond)
-		line := fmt.Sprintf("%s %s: %d×%d in %s, p50 %.1fms", r.Engine, r.Workload, r.Orchestrations, r.ActivitiesPerOrchestration, took, r.LatencyMs.P50)
-		if !r.Solo() {
-			line += fmt.Sprintf(", %.0f activities/s", r.ActivitiesPerSecond)
+		var line string
+		switch {
+		case r.Missions != nil:
+			line = fmt.Sprintf("%s %s: %d missions in %s, %d failed, %.1f missions/s, p50 %.1fs", r.Engine, r.Workload,
+				r.Missions.Missions, took, r.Missions.Failed, r.OrchestrationsPerSecond, r.LatencyMs.P50/1000)
+		case r.Ingest != nil:
+			line = fmt.Sprintf("%s %s: %d frames in %s, %.0f frames/s, %d/%d drones checked", r.Engine, r.Workload,
+				r.Ingest.Frames, took, r.Ingest.FramesPerSecond, r.Ingest.VerifiedDrones, r.Ingest.Drones)
+		default:
+			line = fmt.Sprintf("%s %s: %d×%d in %s, p50 %.1fms", r.Engine, r.Workload, r.Orchestrations, r.ActivitiesPerOrchestration, took, r.LatencyMs.P50)
+			if !r.Solo() {
+				line += fmt.Sprintf(", %.0f activities/s", r.ActivitiesPerSecond)
+			}
 		}
 		fmt.Fprintln(p.w, line)
 		return
@@ -259,7 +325,11 @@ func (p *benchProgress) update(pr bench.Progress) {
 	p.lastTTY = time.Now()
 	what := "opening and warming up"
 	if pr.Workload != "" {
-		what = fmt.Sprintf("%s %d/%d orchestrations", pr.Workload, pr.Done, pr.Total)
+		unit := pr.Unit
+		if unit == "" {
+			unit = "orchestrations"
+		}
+		what = fmt.Sprintf("%s %d/%d %s", pr.Workload, pr.Done, pr.Total, unit)
 	}
 	fmt.Fprintf(p.w, "\r\033[K%s: %s, %.0fs", pr.Engine, what, pr.Elapsed.Seconds())
 	p.drawn = true

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,7 +22,7 @@ func TestBenchRejectsBadFlagsNamingThem(t *testing.T) {
 	}{
 		{"unknown engine", []string{"--engines", "dronehub-sqlite,postgres"}, 1, []string{"--engines", `"postgres"`, "dtgo-sqlite-memory"}},
 		{"engine twice", []string{"--engines", "dtgo-sqlite-file,dtgo-sqlite-file"}, 1, []string{"--engines", "twice"}},
-		{"unknown workload", []string{"--workloads", "w1,w3"}, 1, []string{"--workloads", `"w3"`, "w1, w2, solo"}},
+		{"unknown workload", []string{"--workloads", "w1,w5"}, 1, []string{"--workloads", `"w5"`, "w1, w2, solo, w3, w4"}},
 		{"no workload", []string{"--workloads", ","}, 1, []string{"--workloads is empty"}},
 		{"zero orchestrations", []string{"--w1-orchestrations", "0"}, 1, []string{"--w1-orchestrations 0", "1-100000"}},
 		{"negative w2", []string{"--w2-orchestrations", "-3"}, 1, []string{"--w2-orchestrations -3"}},
@@ -29,6 +30,14 @@ func TestBenchRejectsBadFlagsNamingThem(t *testing.T) {
 		{"no solo runs", []string{"--solo-runs", "0"}, 1, []string{"--solo-runs 0"}},
 		{"no concurrency", []string{"--concurrency", "0"}, 1, []string{"--concurrency 0", "1-1024"}},
 		{"zero timeout", []string{"--timeout", "0s"}, 1, []string{"--timeout 0s", "positive"}},
+		{"no missions", []string{"--w3-missions", "0"}, 1, []string{"--w3-missions 0", "1-100000"}},
+		{"batch too big", []string{"--w3-batch", "1001"}, 1, []string{"--w3-batch 1001", "1-1000"}},
+		{"frame interval too short", []string{"--w3-frame-interval", "100us"}, 1, []string{"--w3-frame-interval 100µs", "1ms-1m"}},
+		{"speed zero", []string{"--w3-speed", "0"}, 1, []string{"--w3-speed 0", "1-10000 m/s"}},
+		{"speed NaN", []string{"--w3-speed", "NaN"}, 1, []string{"--w3-speed NaN"}},
+		{"no drones", []string{"--w4-drones", "0"}, 1, []string{"--w4-drones 0"}},
+		{"no frames", []string{"--w4-frames-per-drone", "-1"}, 1, []string{"--w4-frames-per-drone -1"}},
+		{"w4 batch zero", []string{"--w4-batch", "0"}, 1, []string{"--w4-batch 0", "1-1000"}},
 		{"several at once", []string{"--w1-orchestrations", "0", "--concurrency", "0"}, 1, []string{"--w1-orchestrations", "--concurrency"}},
 		{"bad log level", []string{"--log-level", "loud", "--engines", "dtgo-sqlite-memory"}, 1, []string{"--log-level"}},
 		{"json in a missing directory", []string{"--json", "/no/such/dir/bench.json"}, 1, []string{"--json", "/no/such/dir"}},
@@ -62,7 +71,9 @@ func TestBenchHelpListsEveryFlag(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 	for _, f := range []string{"--w1-orchestrations", "--w2-orchestrations", "--w2-fanout", "--solo-runs", "--concurrency",
-		"--engines", "--workloads", "--azure", "--json", "--timeout", benchAzureEnv} {
+		"--engines", "--workloads", "--azure", "--json", "--timeout", benchAzureEnv,
+		"--w3-missions", "--w3-frame-interval", "--w3-speed", "--w3-batch", "--w4-drones", "--w4-frames-per-drone", "--w4-batch",
+		"--workloads w3,w4"} {
 		if !strings.Contains(errOut, strings.TrimPrefix(f, "-")) {
 			t.Errorf("help does not mention %s:\n%s", f, errOut)
 		}
@@ -106,5 +117,41 @@ func TestBenchProgressOnTerminalIsOneLine(t *testing.T) {
 	p.clear()
 	if s := buf.String(); s != "dronehub-sqlite w1: 10×5 in 250ms, p50 0.0ms, 200 activities/s\n" {
 		t.Errorf("non-terminal progress %q: want one line for the finished workload", s)
+	}
+}
+
+// W3 and W4 from the command line, tiny, on the embedded engine: one line
+// per workload on stderr, their tables on stdout, the baseline skipped
+// with a note.
+func TestBenchSimulatedWorkloads(t *testing.T) {
+	t.Parallel()
+	jsonPath := filepath.Join(t.TempDir(), "bench.json")
+	code, out, errOut := run(t, nil, "bench", "--engines", "dronehub-sqlite,dtgo-sqlite-memory", "--workloads", "w4,w3",
+		"--w3-missions", "2", "--w3-frame-interval", "20ms", "--w3-speed", "600", "--w3-batch", "1",
+		"--w4-drones", "6", "--w4-frames-per-drone", "3", "--w4-batch", "4", "--concurrency", "4", "--json", jsonPath)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	for _, want := range []string{"dronehub-sqlite w4: 18 frames in", "6/6 drones checked", "dronehub-sqlite w3: 2 missions in", "0 failed"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, errOut)
+		}
+	}
+	for _, want := range []string{"MISSIONS/S", "FRAMES/S", "6/6 drones", "Note: w4, w3 did not run on dtgo-sqlite-memory"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout does not show %q:\n%s", want, out)
+		}
+	}
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatalf("--json: %v", err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("--json does not parse: %v", err)
+	}
+	if len(rep.Results) != 2 || rep.Results[0].Ingest == nil || rep.Results[1].Missions == nil ||
+		rep.Results[1].Missions.Failed != 0 || rep.Flags["w3-speed"] != "600" || rep.Settings.W4Batch != 4 {
+		t.Errorf("JSON results %+v, flags %v, settings %+v", rep.Results, rep.Flags, rep.Settings)
 	}
 }
