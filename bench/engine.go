@@ -39,6 +39,10 @@ type Engine struct {
 	// backend does not count them.
 	counter taskhub.RequestCounter
 	client  dtbackend.TaskHubClient
+	// local schedules through the worker's own backend, as the worker's
+	// HTTP API does (the solo workloads); the same as client where the
+	// client shares the worker's backend.
+	local dtbackend.TaskHubClient
 	// cleanup runs last-in first-out at Close: the runner's shutdown, the
 	// client's backend, the hub's deletion, the worker's backend, files.
 	cleanup []func(context.Context) error
@@ -219,6 +223,7 @@ func (e *Engine) open(ctx context.Context) error {
 		return nil
 	})
 	e.client = dtbackend.NewTaskHubClient(clientBE)
+	e.local = dtbackend.NewTaskHubClient(be)
 	return nil
 }
 
@@ -243,7 +248,7 @@ func (e *Engine) warmUp(ctx context.Context, began time.Time) error {
 		orchestrator string
 		width        int
 	}{{sequenceName, SequenceSteps}, {fanOutName, e.opts.W2Fanout}} {
-		if err := e.schedule(ctx, ids[i], s.orchestrator, s.width); err != nil {
+		if err := e.schedule(ctx, e.client, ids[i], s.orchestrator, s.width); err != nil {
 			return err
 		}
 	}
@@ -265,9 +270,9 @@ func (e *Engine) newIDs(workload string, n int) []string {
 	return ids
 }
 
-// schedule starts one orchestration.
-func (e *Engine) schedule(ctx context.Context, id, orchestrator string, width int) error {
-	if _, err := e.client.ScheduleNewOrchestration(ctx, orchestrator, api.WithInstanceID(api.InstanceID(id)), api.WithInput(width)); err != nil {
+// schedule starts one orchestration through c.
+func (e *Engine) schedule(ctx context.Context, c dtbackend.TaskHubClient, id, orchestrator string, width int) error {
+	if _, err := c.ScheduleNewOrchestration(ctx, orchestrator, api.WithInstanceID(api.InstanceID(id)), api.WithInput(width)); err != nil {
 		return fmt.Errorf("schedule %s: %w", id, err)
 	}
 	return nil

@@ -264,7 +264,7 @@ func (e *Engine) scheduleAll(ctx context.Context, orchestrator string, width int
 					return
 				}
 				starts[i] = time.Now()
-				if err := e.schedule(ctx, ids[i], orchestrator, width); err != nil {
+				if err := e.schedule(ctx, e.client, ids[i], orchestrator, width); err != nil {
 					errOnce.Do(func() { first = err; cancel() })
 					return
 				}
@@ -288,7 +288,10 @@ func (e *Engine) solo(ctx context.Context, workload, orchestrator string, width 
 	for i, id := range ids {
 		trk := e.track([]string{id})
 		start := time.Now()
-		if err := e.schedule(ctx, id, orchestrator, width); err != nil {
+		// Through the worker's own backend, as its HTTP API starts
+		// orchestrations: the latency of the engine, not of another
+		// process's start reaching it by polling.
+		if err := e.schedule(ctx, e.local, id, orchestrator, width); err != nil {
 			return nil, err
 		}
 		err := e.await(ctx, trk, nil, func() {

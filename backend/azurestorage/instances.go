@@ -253,7 +253,12 @@ func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent,
 		msgID = uuid.NewString()
 	}
 	env := envelope{ID: msgID, Instance: id}
-	if err := b.send(ctx, b.controlFor(id), env, e, at); err != nil {
+	// A start this worker delivers to itself by hand is buffered only once
+	// its status row is written: an episode run before would commit the
+	// row itself, racing this Add, and one of the two would lose.
+	held := &heldHand{}
+	defer b.bufferHeld(held)
+	if err := b.send(context.WithValue(ctx, heldHandKey{}, held), b.controlFor(id), env, e, at); err != nil {
 		return err
 	}
 	row, err := b.newSentinel(ctx, e)

@@ -171,7 +171,7 @@ func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env en
 	}
 	switch {
 	case hand:
-		b.handDeliver(q, env, string(body), resp)
+		b.handDeliver(ctx, q, env, string(body), resp)
 	case vis == 0:
 		b.markDirty(q)
 	}
@@ -578,7 +578,7 @@ func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
 const maxHandBacklog = 256
 
 // handDeliver buffers a message sent locked to this process.
-func (b *Backend) handDeliver(q *azqueue.QueueClient, env envelope, body string, resp azqueue.EnqueueMessagesResponse) {
+func (b *Backend) handDeliver(ctx context.Context, q *azqueue.QueueClient, env envelope, body string, resp azqueue.EnqueueMessagesResponse) {
 	if len(resp.Messages) == 0 || resp.Messages[0].MessageID == nil || resp.Messages[0].PopReceipt == nil {
 		return // no receipt: the message shows up when its lock runs out
 	}
@@ -599,6 +599,10 @@ func (b *Backend) handDeliver(q *azqueue.QueueClient, env envelope, body string,
 		m.event = e
 	}
 	b.hold(m)
+	if h, ok := ctx.Value(heldHandKey{}).(*heldHand); ok && partition >= 0 {
+		h.msgs = append(h.msgs, m) // buffered by the caller, later
+		return
+	}
 	if partition < 0 {
 		b.mu.Lock()
 		b.actBuf = append(b.actBuf, m)
@@ -690,4 +694,20 @@ func (b *Backend) materialize(ctx context.Context, m *inMsg, delay time.Duration
 		b.deleteBlob(ctx, carrier.env.Blob)
 	}
 	return nil
+}
+
+// heldHandKey marks a context whose hand-delivered control messages the
+// caller buffers itself (bufferHeld), once what must precede their episode
+// is written.
+type heldHandKey struct{}
+
+type heldHand struct{ msgs []*inMsg }
+
+// bufferHeld buffers the messages held back by a heldHand.
+func (b *Backend) bufferHeld(h *heldHand) {
+	if len(h.msgs) == 0 {
+		return
+	}
+	b.buffer(h.msgs)
+	b.orchWake.Notify()
 }
