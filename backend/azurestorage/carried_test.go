@@ -1223,3 +1223,45 @@ func testCarriedPoison(t *testing.T, limit int) {
 		return depth(ctx, t, b.work) == 0 && depth(ctx, t, b.control[0]) == 0
 	})
 }
+
+// TestHandStartAfterStatusRow: orchestrations started through the worker's
+// own backend (as its HTTP API starts them) get their start message by
+// hand, and their first episode must not run before the client's Add of
+// the status row: it would commit the row itself, one of the two Adds
+// would lose, and a lost commit costs the instance a release and a
+// second's delay. No commit may fail.
+func TestHandStartAfterStatusRow(t *testing.T) {
+	t.Parallel()
+	b := openTest(t, Options{Partitions: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spy := spyOn(b)
+	var ran runs
+	startRunner(t, spy, countedChain(1, &ran), 4)
+	waitIdlePollers(t, b)
+	client := dtbackend.NewTaskHubClient(b)
+	var byHand atomic.Int32
+	b.hooks.workItem = func(wi *dtbackend.OrchestrationWorkItem) {
+		for _, m := range itemOf(wi).msgs {
+			if m.event.GetExecutionStarted() != nil && m.env.Hand == 1 {
+				byHand.Add(1)
+			}
+		}
+	}
+	const n = 10
+	for i := range n {
+		id := fmt.Sprint("local-start-", i)
+		if _, err := client.ScheduleNewOrchestration(ctx, "Chain", api.WithInstanceID(api.InstanceID(id)), api.WithInput(0)); err != nil {
+			t.Fatal(err)
+		}
+		if md := awaitDone(t, ctx, b, id, 30*time.Second); md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+			t.Fatalf("%s: %v", id, md.RuntimeStatus)
+		}
+		if errs := spy.failed(id); len(errs) > 0 {
+			t.Fatalf("%s: commits failed: %v", id, errs)
+		}
+	}
+	if byHand.Load() == 0 {
+		t.Fatalf("no start was delivered by hand: the test tests nothing")
+	}
+}
