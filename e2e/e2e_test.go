@@ -165,7 +165,7 @@ func TestKillOneWorker(t *testing.T) {
 	finish(t, d, done)
 
 	// How long after the kill did missions wait? A killed worker's
-	// partitions move on when its leases expire (30 s) and its messages'
+	// partitions move on when its leases expire (15 s) and its messages'
 	// locks (--lock-timeout 20s) run out.
 	var longest time.Duration
 	for _, m := range d.ms {
@@ -174,7 +174,7 @@ func TestKillOneWorker(t *testing.T) {
 		}
 	}
 	t.Logf("the last mission open at the kill ended %s after it", longest.Round(100*time.Millisecond))
-	// The lease (30 s) and lock (20 s) bound the takeover to under a
+	// The lease (15 s) and lock (20 s) bound the takeover to under a
 	// minute; the rest is the backlog the survivors then work through.
 	if longest > 90*time.Second {
 		t.Errorf("missions open at the kill took %s to end; the takeover should happen within 60 s", longest.Round(time.Second))

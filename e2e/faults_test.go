@@ -57,11 +57,11 @@ import (
 
 const (
 	fanPartitions = 4
-	// fanLease is the partition lease: the azurestorage default (30 s),
+	// fanLease is the partition lease: the azurestorage default (15 s),
 	// which worker.Config does not expose. A dead or paused worker's
 	// partitions are claimed once it expires, at the next round of a
 	// survivor (every fanLease/3).
-	fanLease = 30 * time.Second
+	fanLease = 15 * time.Second
 	// fanReadyWithin bounds a fanworker's start on a busy machine.
 	fanReadyWithin = 60 * time.Second
 	// Fan-outs of 150 activities started at once by the kill and pause

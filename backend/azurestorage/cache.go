@@ -358,6 +358,49 @@ func firstOperationETag(header http.Header, body []byte) azcore.ETag {
 	return azcore.ETag(resp.Header.Get("ETag"))
 }
 
+// operationETags reads the ETag header of every operation's response in a
+// successful entity-group transaction's multipart answer, in order; nil if
+// the answer cannot be read or an operation has none.
+func operationETags(header http.Header, body []byte) []azcore.ETag {
+	part, err := firstPart(header.Get("Content-Type"), body)
+	if err != nil {
+		return nil
+	}
+	changeset, err := io.ReadAll(part)
+	if err != nil && len(changeset) == 0 {
+		return nil
+	}
+	boundary := ""
+	if _, params, err := mime.ParseMediaType(part.Header.Get("Content-Type")); err == nil {
+		boundary = params["boundary"]
+	}
+	if boundary == "" {
+		line, _, _ := strings.Cut(strings.TrimLeft(string(changeset), "\r\n"), "\n")
+		boundary = strings.TrimPrefix(strings.TrimSpace(line), "--")
+	}
+	r := multipart.NewReader(bytes.NewReader(changeset), boundary)
+	var out []azcore.ETag
+	for {
+		op, err := r.NextPart()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			return nil
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(op), nil)
+		if err != nil {
+			return nil
+		}
+		resp.Body.Close()
+		etag := resp.Header.Get("ETag")
+		if resp.StatusCode >= 300 || etag == "" {
+			return nil
+		}
+		out = append(out, azcore.ETag(etag))
+	}
+}
+
 // firstPart opens the first part of a multipart body, taking the boundary
 // from contentType or else from the body's first line.
 func firstPart(contentType string, body []byte) (*multipart.Part, error) {

@@ -81,10 +81,10 @@ import (
 // arrived, so a round that runs late (a slow heartbeat or listing, a
 // storage stall, a CPU-starved process) shortens polling instead of
 // stretching it past the lease. pollGuard is LeaseDuration/6 (5 s at the
-// default 30 s, 0.5 s at 3 s) and covers
+// default 15 s, 0.5 s at 3 s) and covers
 //
 //   - clock skew between workers: we assume any two workers' clocks differ
-//     by less than maxClockSkew = LeaseDuration/12 (2.5 s at the default;
+//     by less than maxClockSkew = LeaseDuration/12 (1.25 s at the default 15 s;
 //     NTP keeps hosts within milliseconds, and test workers share one
 //     clock), since another worker compares Expires with its own clock;
 //   - one dequeue still in flight when polling stops (the other
@@ -157,7 +157,7 @@ func (lm *leaseManager) untilFor(sent time.Time) time.Time {
 }
 
 // soonRound is how soon the next round runs when a hand-off to this worker
-// is pending, instead of LeaseDuration/3: 2.5 s at the default 30 s.
+// is pending, instead of LeaseDuration/3: 1.25 s at the default 15 s.
 func (lm *leaseManager) soonRound() time.Duration {
 	return max(lm.b.opts.LeaseDuration/12, 250*time.Millisecond)
 }
@@ -398,6 +398,7 @@ func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 	}
 	renewed := make(chan renewal, len(lm.owned))
 	pending := 0
+	var batch []renewing
 	for p, l := range lm.owned {
 		e, ok := leases[p]
 		if !ok || e.str("Owner") != me {
@@ -418,12 +419,13 @@ func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 		if et := e.etag(); et != "" && et != etag {
 			etag = et
 		}
+		batch = append(batch, renewing{p: p, etag: etag, l: *l})
+	}
+	// All at once: one entity-group transaction when it can (the lease
+	// rows share a partition), else one request per row, concurrently.
+	for _, r := range lm.renewAll(ctx, batch) {
 		pending++
-		snapshot := *l
-		go func() {
-			etag, sent, err := lm.writeOwner(ctx, p, etag, &snapshot)
-			renewed <- renewal{p, etag, sent, err}
-		}()
+		renewed <- renewal{r.p, r.etag, r.sent, r.err}
 	}
 	for ; pending > 0; pending-- {
 		r := <-renewed
@@ -760,6 +762,73 @@ func (lm *leaseManager) ownerRow(p int, l *lease, expires string) entity {
 	row.setInt64("Depth", l.depth)
 	row.setInt64("LagMs", l.lag.Milliseconds())
 	return row
+}
+
+// renewing is one lease row to renew: its ETag and this worker's state of it.
+type renewing struct {
+	p    int
+	etag azcore.ETag
+	l    lease
+}
+
+// renewed is the outcome of one renewal.
+type renewedRow struct {
+	p    int
+	etag azcore.ETag
+	sent time.Time
+	err  error
+}
+
+// renewAll renews the given lease rows. Two or more go in one entity-group
+// transaction, each row If-Match its ETag: one request a round instead of
+// one a partition. The transaction is all or nothing, so when it fails on
+// one row (another worker took it) nothing was written, and the rows are
+// renewed one by one to find out which; the same when the answer cannot be
+// read (no ETags): the rows were written, the next round's listing gives
+// their ETags, and each row as listed names this worker (see round).
+func (lm *leaseManager) renewAll(ctx context.Context, rows []renewing) []renewedRow {
+	out := make([]renewedRow, 0, len(rows))
+	if len(rows) >= 2 {
+		sent := time.Now()
+		expires := formatTime(sent.Add(lm.b.opts.LeaseDuration))
+		actions := make([]aztables.TransactionAction, len(rows))
+		for i, r := range rows {
+			etag := r.etag
+			actions[i] = aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace,
+				Entity: lm.ownerRow(r.p, &r.l, expires).marshal(), IfMatch: &etag}
+		}
+		capture := &bodyCapture{}
+		_, err := lm.b.leases.SubmitTransaction(withCapture(ctx, capture), actions, nil)
+		if err == nil {
+			etags := operationETags(capture.get())
+			for i, r := range rows {
+				etag := r.etag
+				if len(etags) == len(rows) {
+					etag = etags[i]
+				}
+				out = append(out, renewedRow{r.p, etag, sent, nil})
+			}
+			return out
+		}
+		if transient(err) {
+			for _, r := range rows {
+				out = append(out, renewedRow{r.p, r.etag, sent, err})
+			}
+			return out
+		}
+		// A row's If-Match failed: find which, one by one.
+	}
+	results := make(chan renewedRow, len(rows))
+	for _, r := range rows {
+		go func() {
+			etag, sent, err := lm.writeOwner(ctx, r.p, r.etag, &r.l)
+			results <- renewedRow{r.p, etag, sent, err}
+		}()
+	}
+	for range rows {
+		out = append(out, <-results)
+	}
+	return out
 }
 
 // writeOwner writes lease row p as held by this worker with l's state,
