@@ -29,6 +29,8 @@ func openAzure(ctx context.Context, conn string, opts Options) (*Hub, error) {
 		LockTimeout:      opts.LockTimeout,
 		Partitions:       opts.Partitions,
 		MaxDequeueCount:  opts.MaxDequeueCount,
+		Wake:             opts.Wake,
+		IdlePollInterval: opts.IdlePollInterval,
 		Logger:           opts.Logger,
 	})
 	if err != nil {

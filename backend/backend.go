@@ -49,6 +49,13 @@ type Options struct {
 	// episode failed, or its worker died holding it) set it aside as a dead
 	// letter; hand-backs and storage errors do not count. Default 10.
 	MaxDequeueCount int
+	// Wake is the UDP address an Azure Storage worker listens on for
+	// wake-ups from other processes ("host:port", default ":0"; "off"
+	// disables them); IdlePollInterval is how often its idle queues are
+	// polled while they are on (default 15s). See azurestorage.Options.
+	// Ignored by SQLite.
+	Wake             string
+	IdlePollInterval time.Duration
 	// MustExist makes Open fail with ErrHubNotFound instead of creating a
 	// hub that does not exist yet (for inspection and deletion).
 	MustExist bool

@@ -54,6 +54,14 @@ type Config struct {
 	// Partitions is the control-queue partition count of a new Azure Storage
 	// hub (1-16, default 4); an existing hub keeps its own.
 	Partitions int
+	// Wake is the UDP address an Azure Storage worker listens on for
+	// wake-ups from the other processes on its hub ("host:port", default
+	// ":0": every interface, a free port, published in its heartbeat row;
+	// "off" disables them). IdlePollInterval is how often its idle queues
+	// are polled while wake-ups are on, the fallback for a lost one
+	// (default 15s). See docs/storage-layout.md, Polling.
+	Wake             string
+	IdlePollInterval time.Duration
 	// Mission holds the mission timeouts and thresholds.
 	Mission orchestrations.MissionSettings
 	// Heartbeat is the longest gap between telemetry signals to a mission
@@ -233,7 +241,8 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Partitions: cfg.Partitions, MaxDequeueCount: cfg.MaxDequeueCount, Logger: cfg.Logger})
+	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Partitions: cfg.Partitions,
+		MaxDequeueCount: cfg.MaxDequeueCount, Wake: cfg.Wake, IdlePollInterval: cfg.IdlePollInterval, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}

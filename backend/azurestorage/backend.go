@@ -69,6 +69,7 @@ type Backend struct {
 	confirmed map[string]map[string]bool
 	blobs     *blobCache
 	cache     *instanceCache // nil when disabled
+	wakeups   *waker
 	poll      *pollState
 	hooks     testHooks
 	held      map[*inMsg]struct{} // messages whose locks keepLocks renews
@@ -142,6 +143,7 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 		b.control = append(b.control, cl.queue.NewQueueClient(n.controlQueue(p)))
 	}
 	b.poll = newPollState(opts.MaxPollInterval)
+	b.wakeups = newWaker(b)
 	if opts.InstanceCache > 0 {
 		b.cache = newInstanceCache(opts.InstanceCache)
 	}

@@ -282,12 +282,13 @@ func TestPartitionsBalance(t *testing.T) {
 	}
 }
 
-// TestIdleRequestRate measures what an idle worker costs in requests per
-// minute: after a 2 s ramp (poll back-off 50 ms -> 1 s), a 10 s window with
-// default lease timing (one lease round per 10 s) is counted and scaled.
+// TestIdleRequestRate measures what an idle worker without wake-ups costs
+// in requests per minute: after a 2 s ramp (poll back-off 50 ms -> 1 s), a
+// 10 s window with 30 s leases (one lease round per 10 s) is counted and
+// scaled.
 func TestIdleRequestRate(t *testing.T) {
 	t.Parallel()
-	b := openTest(t, Options{Partitions: 4, MaxPollInterval: time.Second})
+	b := openTest(t, Options{Partitions: 4, MaxPollInterval: time.Second, Wake: wakeOff, LeaseDuration: 30 * time.Second})
 	const ramp, window = 2 * time.Second, 10 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), ramp+window)
 	defer cancel()

@@ -176,7 +176,7 @@ func leasePartition(rk string) (int, bool) {
 // lagThreshold is the lag over which a control queue counts as loaded: an
 // idle consumer may take up to MaxPollInterval to see a message.
 func (lm *leaseManager) lagThreshold() time.Duration {
-	return max(2*time.Second, 2*lm.b.opts.MaxPollInterval)
+	return max(2*time.Second, 2*lm.b.poll.idleCap())
 }
 
 // weight is a partition's share of its holder's load.
@@ -192,6 +192,11 @@ func (lm *leaseManager) weight(depth int64, lag time.Duration) float64 {
 // schedule; leases not renewed in time stop being polled (see active).
 func (lm *leaseManager) start() {
 	lm.once.Do(func() {
+		// A worker listens for wake-ups; its idle queues are then polled
+		// every IdlePollInterval instead of MaxPollInterval.
+		if lm.b.wakeups.listen(); lm.b.wakeups.listening() {
+			lm.b.poll.setIdle(lm.b.opts.IdlePollInterval)
+		}
 		b := lm.b
 		b.wg.Add(1)
 		go func() {
@@ -347,6 +352,9 @@ func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 	defer func() { mcancel(); <-measured }()
 	hb := newEntity(workerPK, escapeKey(me))
 	hb["WorkerID"], hb["Expires"] = me, formatTime(start.Add(b.opts.LeaseDuration))
+	if addr := b.wakeups.address(); addr != "" {
+		hb["Wake"] = addr
+	}
 	if _, err := b.leases.UpsertEntity(ctx, hb.marshal(), &aztables.UpsertEntityOptions{UpdateMode: aztables.UpdateModeReplace}); err != nil {
 		return false, fmt.Errorf("heartbeat: %w", err)
 	}
@@ -354,6 +362,7 @@ func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	b.wakeups.setView(viewOf(rows, b.names.partitions, time.Now()))
 	<-measured
 	now := time.Now()
 	live := map[string]bool{me: true}

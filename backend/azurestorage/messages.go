@@ -174,6 +174,7 @@ func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env en
 		b.handDeliver(ctx, q, env, string(body), resp)
 	case vis == 0:
 		b.markDirty(q)
+		b.wakeups.sent(q)
 	}
 	return nil
 }

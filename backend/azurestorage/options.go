@@ -32,6 +32,17 @@ type Options struct {
 	// Work this process enqueues and timers it set wake it sooner.
 	// Default 1s.
 	MaxPollInterval time.Duration
+	// Wake is the UDP address this worker listens on for wake-ups from
+	// other processes (see wake.go): "host:port", default ":0" (every
+	// interface, a free port; the address other hosts reach is published
+	// in the worker's heartbeat row). "off" disables wake-ups.
+	Wake string
+	// IdlePollInterval bounds the idle polling back-off while wake-ups are
+	// on: other processes wake this worker when they enqueue for it, so a
+	// poll is only the fallback for a lost wake-up or a timer that comes
+	// due. Default 15s (an idle worker: about 56 requests a minute with 4
+	// partitions). Without wake-ups MaxPollInterval bounds it.
+	IdlePollInterval time.Duration
 	// MaxDequeueCount is how many times a message may be dequeued before it
 	// is moved to the dead-letter table. Default 10.
 	MaxDequeueCount int
@@ -71,6 +82,12 @@ func (o Options) withDefaults() Options {
 	if o.MaxPollInterval == 0 {
 		o.MaxPollInterval = time.Second
 	}
+	if o.Wake == "" {
+		o.Wake = ":0"
+	}
+	if o.IdlePollInterval == 0 {
+		o.IdlePollInterval = max(defaultIdlePoll, o.MaxPollInterval)
+	}
 	if o.MaxDequeueCount == 0 {
 		o.MaxDequeueCount = 10
 	}
@@ -106,6 +123,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("azurestorage: Options.LockTimeout %s is out of range 1s-7d", o.LockTimeout)
 	case o.MaxPollInterval < time.Millisecond:
 		return fmt.Errorf("azurestorage: Options.MaxPollInterval %s is below 1ms", o.MaxPollInterval)
+	case o.IdlePollInterval < o.MaxPollInterval:
+		return fmt.Errorf("azurestorage: Options.IdlePollInterval %s is below MaxPollInterval %s", o.IdlePollInterval, o.MaxPollInterval)
 	case o.MaxDequeueCount < 1:
 		return fmt.Errorf("azurestorage: Options.MaxDequeueCount %d must be at least 1", o.MaxDequeueCount)
 	case o.LeaseDuration < time.Second:

@@ -98,6 +98,7 @@ func (b *Backend) GetOrchestrationWorkItem(ctx context.Context) (*dtbackend.Orch
 type pollState struct {
 	mu     sync.Mutex
 	max    time.Duration // MaxPollInterval
+	idle   time.Duration // IdlePollInterval once wake-ups are on, else 0
 	queues [maxPartitions + 1]queuePoll
 }
 
@@ -120,6 +121,27 @@ const minPoll = 50 * time.Millisecond
 
 func newPollState(max time.Duration) *pollState { return &pollState{max: max} }
 
+// setIdle makes idle queues back off to d (wake-ups are on).
+func (s *pollState) setIdle(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.idle = d
+}
+
+// idleCap is the longest an idle queue goes unpolled.
+func (s *pollState) idleCap() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.capLocked()
+}
+
+func (s *pollState) capLocked() time.Duration {
+	if s.idle > 0 {
+		return s.idle
+	}
+	return s.max
+}
+
 // markDirty makes queue i be polled next.
 func (s *pollState) markDirty(i int) {
 	s.mu.Lock()
@@ -139,9 +161,9 @@ func (s *pollState) polled(i, n, batch int) {
 	case n > 0:
 		q.interval = minPoll
 	default:
-		q.interval = nextIdle(q.interval, s.max)
+		q.interval = nextIdle(q.interval, s.capLocked())
 	}
-	q.due = time.Now().Add(min(q.interval, s.max))
+	q.due = time.Now().Add(min(q.interval, s.capLocked()))
 }
 
 // isDrained reports whether queue i had no backlog at its last poll.
@@ -166,7 +188,7 @@ func (s *pollState) due(owned []int, timer bool) ([]int, time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
-	next := s.max
+	next := s.capLocked()
 	var parts []int
 	for _, p := range owned {
 		q := &s.queues[p+1]

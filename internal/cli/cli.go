@@ -144,7 +144,8 @@ type workerFlags struct {
 	maxInFlight                                        int
 	maxBodyMemory                                      byteSize
 	watchdog, heartbeat, lockTimeout, grace            time.Duration
-	storageTimeout, writeTimeout                       time.Duration
+	storageTimeout, writeTimeout, idlePoll             time.Duration
+	wake                                               string
 	batteryFloor                                       float64
 }
 
@@ -156,6 +157,8 @@ func (a *App) worker(ctx context.Context, args []string) error {
 	fs.StringVar(&f.hub, "hub", "dronehub", "task hub name (Azure Storage)")
 	fs.IntVar(&f.maxDeq, "max-dequeue-count", 10, "fetches of a work item without completing before it is set aside as a dead letter")
 	fs.IntVar(&f.partitions, "partitions", 0, "control-queue partitions of a new Azure Storage hub (1-16, default 4)")
+	fs.StringVar(&f.wake, "wake", ":0", "Azure Storage: UDP host:port this worker listens on for wake-ups from the other processes on its hub (its address is published in its heartbeat); off to disable them")
+	fs.DurationVar(&f.idlePoll, "idle-poll-interval", 15*time.Second, "Azure Storage: how often an idle queue is polled while wake-ups are on (the fallback for a lost one)")
 	fs.StringVar(&f.apiKeys, "api-keys", "", "comma-separated API keys required as 'Authorization: Bearer KEY' on /api (16+ characters each).\nOn the command line they are visible to every local user (ps): prefer --api-keys-file or the environment variable")
 	fs.StringVar(&f.apiKeysFile, "api-keys-file", "", "file holding API keys, one per line or comma-separated ('#' starts a comment); added to --api-keys")
 	fs.BoolVar(&f.metricsRequireKey, "metrics-require-key", false, "require an API key on /metrics too (open by default, the Prometheus convention)")
@@ -217,6 +220,8 @@ func (a *App) worker(ctx context.Context, args []string) error {
 		LockTimeout:              f.lockTimeout,
 		Partitions:               f.partitions,
 		MaxDequeueCount:          f.maxDeq,
+		Wake:                     f.wake,
+		IdlePollInterval:         f.idlePoll,
 		Mission:                  orchestrations.MissionSettings{Watchdog: f.watchdog, BatteryFloor: f.batteryFloor},
 		Heartbeat:                f.heartbeat,
 		SeedDrones:               seed,
