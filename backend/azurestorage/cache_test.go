@@ -896,7 +896,10 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 func TestCachePartitionLoss(t *testing.T) {
 	t.Parallel()
 	hub := testHub(t)
-	opts := Options{HubName: hub, Partitions: 1, LeaseDuration: 3 * time.Second}
+	// Leases long enough that a round held up on a loaded machine does not
+	// let one lapse (which moves the partition, as it should, and fails a
+	// commit this test counts), short enough that a move is noticed soon.
+	opts := Options{HubName: hub, Partitions: 1, LeaseDuration: 9 * time.Second}
 	opts.WorkerID = "w1"
 	w1 := openTest(t, opts)
 	opts.WorkerID = "w2"
@@ -992,13 +995,13 @@ func TestCachePartitionLoss(t *testing.T) {
 	// w2 takes the partition; w1 notices at its next round, drops the
 	// instance from its cache and deletes the sent row.
 	giveLease(ctx, t, c, "w2")
-	poll(t, 10*time.Second, "w1 to notice the loss", func() bool { return len(w1.lm.owners()) == 0 })
+	poll(t, 20*time.Second, "w1 to notice the loss", func() bool { return len(w1.lm.owners()) == 0 })
 	if cachedEntry(w1, id) != nil {
 		t.Fatal("w1 still caches an instance of the partition it lost")
 	}
-	poll(t, 10*time.Second, "w1's sent outbox row to be deleted", func() bool { return outboxRows() == 0 })
+	poll(t, 20*time.Second, "w1's sent outbox row to be deleted", func() bool { return outboxRows() == 0 })
 	startRunner(t, spy2, r, 2)
-	poll(t, 10*time.Second, "w2 to claim the partition", func() bool { return slices.Equal(w2.lm.partitions(), []int{0}) })
+	poll(t, 20*time.Second, "w2 to claim the partition", func() bool { return slices.Equal(w2.lm.partitions(), []int{0}) })
 	// Rec(1) ends on w1; its answer goes to the queue for w2.
 	close(hold)
 	cached(w2, 1)
@@ -1007,7 +1010,7 @@ func TestCachePartitionLoss(t *testing.T) {
 
 	// The partition goes back to w1.
 	giveLease(ctx, t, c, "w1")
-	poll(t, 10*time.Second, "w2 to notice the loss and w1 to claim the partition", func() bool {
+	poll(t, 20*time.Second, "w2 to notice the loss and w1 to claim the partition", func() bool {
 		return len(w2.lm.owners()) == 0 && slices.Equal(w1.lm.partitions(), []int{0})
 	})
 	if cachedEntry(w2, id) != nil {
@@ -1792,7 +1795,7 @@ func TestFirstOperationETagCommit(t *testing.T) {
 func TestCachePartitionLostMidEpisode(t *testing.T) {
 	t.Parallel()
 	hub := testHub(t)
-	b := openTest(t, Options{HubName: hub, Partitions: 1, LeaseDuration: 3 * time.Second, WorkerID: "w1"})
+	b := openTest(t, Options{HubName: hub, Partitions: 1, LeaseDuration: 9 * time.Second, WorkerID: "w1"}) // see TestCachePartitionLoss
 	c := openTest(t, Options{HubName: hub, Partitions: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -1804,7 +1807,7 @@ func TestCachePartitionLostMidEpisode(t *testing.T) {
 			// the partition, and this one notices.
 			if err := writeLease(ctx, c, "elsewhere"); err != nil {
 				t.Error(err)
-			} else if !waitFor(10*time.Second, func() bool { return len(b.lm.owners()) == 0 }) {
+			} else if !waitFor(20*time.Second, func() bool { return len(b.lm.owners()) == 0 }) {
 				t.Error("the worker did not notice the loss within 10s")
 			}
 		}
@@ -1830,11 +1833,11 @@ func TestCachePartitionLostMidEpisode(t *testing.T) {
 	if cachedEntry(b, id) != nil {
 		t.Error("cached by an episode that ended after its partition was lost")
 	}
-	poll(t, 10*time.Second, "the sent outbox row to be deleted", func() bool {
+	poll(t, 20*time.Second, "the sent outbox row to be deleted", func() bool {
 		return !slices.ContainsFunc(rowKeys(ctx, t, c, id), func(k string) bool { return strings.HasPrefix(k, outboxRKPre) })
 	})
 	giveLease(ctx, t, c, "w1")
-	poll(t, 10*time.Second, "the worker to take the partition back", func() bool { return slices.Equal(b.lm.partitions(), []int{0}) })
+	poll(t, 20*time.Second, "the worker to take the partition back", func() bool { return slices.Equal(b.lm.partitions(), []int{0}) })
 	if err := client.RaiseEvent(ctx, id, "go"); err != nil {
 		t.Fatal(err)
 	}
