@@ -66,6 +66,10 @@ type instanceCache struct {
 	max     int
 	entries map[string]*list.Element // of *cacheEntry, most recent at the front
 	lru     list.List
+	// flushing holds, per instance, a channel closed once the sent outbox
+	// rows of its entry that left the cache are deleted: its next read
+	// waits for it, or would send them again.
+	flushing map[string]chan struct{}
 }
 
 type cacheEntry struct {
@@ -74,7 +78,7 @@ type cacheEntry struct {
 }
 
 func newInstanceCache(max int) *instanceCache {
-	return &instanceCache{max: max, entries: map[string]*list.Element{}}
+	return &instanceCache{max: max, entries: map[string]*list.Element{}, flushing: map[string]chan struct{}{}}
 }
 
 // take removes and returns id's entry: the episode that fetched it owns it
@@ -132,6 +136,16 @@ func (b *Backend) cachedLoad(ctx context.Context, id string) (st *loadedState, c
 	if b.cache != nil {
 		if st := b.cache.take(id); st != nil {
 			return st, true, nil
+		}
+		b.cache.mu.Lock()
+		done := b.cache.flushing[id]
+		b.cache.mu.Unlock()
+		if done != nil {
+			select {
+			case <-done:
+			case <-ctx.Done():
+			case <-time.After(30 * time.Second):
+			}
 		}
 	}
 	st, err = b.load(ctx, id)
@@ -223,12 +237,21 @@ func rowRef(e entity) entity {
 func (b *Backend) flushSent(states ...*loadedState) {
 	type row struct{ id, rk string }
 	var rows []row
+	done := map[string]chan struct{}{}
 	for _, st := range states {
-		if st == nil {
+		if st == nil || len(st.sent) == 0 {
 			continue
 		}
+		id := st.sentinel.str("InstanceID")
 		for _, e := range st.sent {
-			rows = append(rows, row{st.sentinel.str("InstanceID"), e.str("RowKey")})
+			rows = append(rows, row{id, e.str("RowKey")})
+		}
+		if b.cache != nil && done[id] == nil {
+			ch := make(chan struct{})
+			done[id] = ch
+			b.cache.mu.Lock()
+			b.cache.flushing[id] = ch
+			b.cache.mu.Unlock()
 		}
 	}
 	if len(rows) == 0 {
@@ -237,6 +260,19 @@ func (b *Backend) flushSent(states ...*loadedState) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
+		defer func() {
+			if b.cache == nil {
+				return
+			}
+			b.cache.mu.Lock()
+			for id, ch := range done {
+				if b.cache.flushing[id] == ch {
+					delete(b.cache.flushing, id)
+				}
+				close(ch)
+			}
+			b.cache.mu.Unlock()
+		}()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(b.bg), 30*time.Second)
 		defer cancel()
 		sem := make(chan struct{}, 8)

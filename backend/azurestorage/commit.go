@@ -264,6 +264,18 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 func (b *Backend) submitCommit(ctx context.Context, id string, plan *commitPlan, st *loadedState) error {
 	capture := &bodyCapture{}
 	err := b.submit(withCapture(ctx, capture), plan.actions)
+	for range 5 {
+		// A row the commit deletes may be gone already: an outbox row its
+		// sender deleted after this episode read it (a worker that lost
+		// the partition, an evicted cache entry), or garbage. The
+		// transaction is all or nothing, so nothing was written: commit
+		// again without that delete, under the same fence.
+		if err == nil || !isNotFound(err) || !plan.dropSpentDelete(failedOperation(err)) {
+			break
+		}
+		capture = &bodyCapture{}
+		err = b.submit(withCapture(ctx, capture), plan.actions)
+	}
 	if err == nil {
 		plan.etag = firstOperationETag(capture.get())
 		return nil
@@ -281,6 +293,22 @@ func (b *Backend) submitCommit(ctx context.Context, id string, plan *commitPlan,
 		return fmt.Errorf("azurestorage: commit %s: %w (%w)", id, err, errCommitUnknown)
 	}
 	return fmt.Errorf("azurestorage: commit %s: %w", id, err)
+}
+
+// dropSpentDelete removes action i (0-based) from the plan if it deletes a
+// row that may be gone without harm (an outbox row, garbage): not a stashed
+// event's, whose delete records that this commit consumed it. It reports
+// whether it did.
+func (p *commitPlan) dropSpentDelete(i int) bool {
+	if i < 0 || i >= len(p.actions) || p.actions[i].ActionType != aztables.TransactionTypeDelete {
+		return false
+	}
+	var e entity
+	if err := json.Unmarshal(p.actions[i].Entity, &e); err != nil || strings.HasPrefix(e.str("RowKey"), stashRKPre) {
+		return false
+	}
+	p.actions = slices.Delete(slices.Clone(p.actions), i, i+1)
+	return true
 }
 
 // finishEpisode runs the steps after a commit (plan nil: nothing was
