@@ -21,8 +21,6 @@ const activityBatch = 8
 // it is handed out (takeActivity), so none expires in memory. The queue is
 // polled on the schedule of pollState.
 func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityWorkItem, error) {
-	b.actWaiters.Add(1)
-	defer b.actWaiters.Add(-1)
 	for {
 		b.actPolling.Store(time.Now().UnixNano())
 		wake := b.actWake.C()

@@ -55,8 +55,6 @@ type Backend struct {
 	ready    []string            // instances with pending messages, oldest first
 	inflight map[string]bool     // instances in a work item
 	actBuf   []*inMsg            // dequeued activity messages
-	// actWaiters counts GetActivityWorkItem calls in progress.
-	actWaiters atomic.Int32
 	// orchPolling is when GetOrchestrationWorkItem last looked for work
 	// (unix ns): control messages are delivered by hand only while it runs.
 	orchPolling atomic.Int64

@@ -183,7 +183,7 @@ func (b *Backend) committedState(id string, it *orchItem, plan *commitPlan, sent
 		return nil // an ended instance rarely has another episode
 	}
 	st := it.state
-	sentinel, err := parseEntity(plan.sentinel.marshal()) // the types a read returns
+	sentinel, err := parseEntity(plan.sentinelJSON) // the types a read returns
 	if err != nil {
 		return nil
 	}
@@ -371,75 +371,67 @@ func (capturePolicy) Do(req *policy.Request) (*http.Response, error) {
 // response in a successful entity-group transaction's multipart answer;
 // "" if there is none.
 func firstOperationETag(header http.Header, body []byte) azcore.ETag {
-	part, err := firstPart(header.Get("Content-Type"), body)
-	if err != nil {
+	ops := batchResponses(header.Get("Content-Type"), body)
+	if len(ops) == 0 || ops[0].StatusCode >= 300 {
 		return ""
 	}
-	changeset, err := io.ReadAll(part)
-	if err != nil && len(changeset) == 0 {
-		return ""
-	}
-	op, err := firstPart(part.Header.Get("Content-Type"), changeset)
-	if err != nil {
-		return ""
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(op), nil)
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return ""
-	}
-	return azcore.ETag(resp.Header.Get("ETag"))
+	return azcore.ETag(ops[0].Header.Get("ETag"))
 }
 
 // operationETags reads the ETag header of every operation's response in a
 // successful entity-group transaction's multipart answer, in order; nil if
 // the answer cannot be read or an operation has none.
 func operationETags(header http.Header, body []byte) []azcore.ETag {
-	part, err := firstPart(header.Get("Content-Type"), body)
+	ops := batchResponses(header.Get("Content-Type"), body)
+	if ops == nil {
+		return nil
+	}
+	out := make([]azcore.ETag, 0, len(ops))
+	for _, op := range ops {
+		etag := op.Header.Get("ETag")
+		if op.StatusCode >= 300 || etag == "" {
+			return nil
+		}
+		out = append(out, azcore.ETag(etag))
+	}
+	return out
+}
+
+// batchResponses reads the operations' responses (status and headers) out
+// of an entity-group transaction's multipart answer, in order; nil if it
+// cannot be read. The answer is a batch part holding a changeset, whose
+// parts are the operations' HTTP responses.
+func batchResponses(contentType string, body []byte) []*http.Response {
+	outer, err := multipartReader(contentType, body).NextPart()
 	if err != nil {
 		return nil
 	}
-	changeset, err := io.ReadAll(part)
+	changeset, err := io.ReadAll(outer)
 	if err != nil && len(changeset) == 0 {
 		return nil
 	}
-	boundary := ""
-	if _, params, err := mime.ParseMediaType(part.Header.Get("Content-Type")); err == nil {
-		boundary = params["boundary"]
-	}
-	if boundary == "" {
-		line, _, _ := strings.Cut(strings.TrimLeft(string(changeset), "\r\n"), "\n")
-		boundary = strings.TrimPrefix(strings.TrimSpace(line), "--")
-	}
-	r := multipart.NewReader(bytes.NewReader(changeset), boundary)
-	var out []azcore.ETag
+	r := multipartReader(outer.Header.Get("Content-Type"), changeset)
+	var out []*http.Response
 	for {
-		op, err := r.NextPart()
+		part, err := r.NextPart()
 		if err == io.EOF {
 			return out
 		}
 		if err != nil {
 			return nil
 		}
-		resp, err := http.ReadResponse(bufio.NewReader(op), nil)
+		resp, err := http.ReadResponse(bufio.NewReader(part), nil)
 		if err != nil {
 			return nil
 		}
 		resp.Body.Close()
-		etag := resp.Header.Get("ETag")
-		if resp.StatusCode >= 300 || etag == "" {
-			return nil
-		}
-		out = append(out, azcore.ETag(etag))
+		out = append(out, resp)
 	}
 }
 
-// firstPart opens the first part of a multipart body, taking the boundary
-// from contentType or else from the body's first line.
-func firstPart(contentType string, body []byte) (*multipart.Part, error) {
+// multipartReader reads a multipart body, taking the boundary from
+// contentType or else from the body's first line.
+func multipartReader(contentType string, body []byte) *multipart.Reader {
 	boundary := ""
 	if _, params, err := mime.ParseMediaType(contentType); err == nil {
 		boundary = params["boundary"]
@@ -448,5 +440,5 @@ func firstPart(contentType string, body []byte) (*multipart.Part, error) {
 		line, _, _ := strings.Cut(strings.TrimLeft(string(body), "\r\n"), "\n")
 		boundary = strings.TrimPrefix(strings.TrimSpace(line), "--")
 	}
-	return multipart.NewReader(bytes.NewReader(body), boundary).NextPart()
+	return multipart.NewReader(bytes.NewReader(body), boundary)
 }

@@ -301,7 +301,7 @@ func waitIdlePollers(t *testing.T, b *Backend) {
 	t.Helper()
 	poll(t, 10*time.Second, "the pollers to wait for work", func() bool {
 		parts := b.lm.partitions()
-		if len(parts) == 0 || b.actWaiters.Load() == 0 || !b.poll.isDrained(0) {
+		if len(parts) == 0 || time.Since(time.Unix(0, b.actPolling.Load())) >= b.opts.MaxPollInterval+time.Second || !b.poll.isDrained(0) {
 			return false
 		}
 		for _, p := range parts {

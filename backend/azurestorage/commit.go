@@ -64,13 +64,13 @@ type outMsg struct {
 
 // commitPlan is everything one commit writes and what follows it.
 type commitPlan struct {
-	sentinel  entity
-	actions   []aztables.TransactionAction
-	out       []outMsg
-	outboxRK  string
-	newBlobs  []string // uploaded for this attempt
-	oldBlobs  []string // referenced only by what this commit replaces or deletes
-	stashLeft bool     // stashed events remain for a later episode
+	sentinel     entity
+	sentinelJSON []byte // as written: what a read of the row returns, but for odata fields
+	actions      []aztables.TransactionAction
+	out          []outMsg
+	newBlobs     []string // uploaded for this attempt
+	oldBlobs     []string // referenced only by what this commit replaces or deletes
+	stashLeft    bool     // stashed events remain for a later episode
 
 	// For the instance cache (cache.go).
 	etag       azcore.ETag     // the status row's ETag after the commit; "" if unknown
@@ -202,9 +202,8 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 		if err != nil {
 			return plan, err
 		}
-		plan.outboxRK = row.str("RowKey")
 		rows = append(rows, aztables.TransactionAction{ActionType: aztables.TransactionTypeInsertReplace, Entity: row.marshal()})
-		written[plan.outboxRK] = true
+		written[row.str("RowKey")] = true
 		plan.outboxRow = row
 	}
 	del := func(e entity) {
@@ -249,12 +248,12 @@ func (b *Backend) planCommit(ctx context.Context, id string, state *dtbackend.Or
 	if err != nil {
 		return plan, err
 	}
-	plan.sentinel = sentinel
+	plan.sentinel, plan.sentinelJSON = sentinel, sentinel.marshal()
 	if st.sentinel == nil {
-		plan.actions = append(plan.actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: sentinel.marshal()})
+		plan.actions = append(plan.actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: plan.sentinelJSON})
 	} else {
 		etag := st.etag
-		plan.actions = append(plan.actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: sentinel.marshal(), IfMatch: &etag})
+		plan.actions = append(plan.actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: plan.sentinelJSON, IfMatch: &etag})
 	}
 	plan.actions = append(plan.actions, rows...)
 	return plan, nil

@@ -253,9 +253,10 @@ func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent,
 		msgID = uuid.NewString()
 	}
 	env := envelope{ID: msgID, Instance: id}
-	// A start this worker delivers to itself by hand is buffered only once
-	// its status row is written: an episode run before would commit the
-	// row itself, racing this Add, and one of the two would lose.
+	// The start is handed over (this worker) or announced (a poller here,
+	// the partition's owner elsewhere) only once its status row is
+	// written: an episode run before would commit the row itself, racing
+	// this Add, and one of the two would lose (see heldHandKey).
 	held := &heldHand{}
 	defer b.bufferHeld(held)
 	if err := b.send(context.WithValue(ctx, heldHandKey{}, held), b.controlFor(id), env, e, at); err != nil {

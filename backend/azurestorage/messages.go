@@ -173,8 +173,11 @@ func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env en
 	case hand:
 		b.handDeliver(ctx, q, env, string(body), resp)
 	case vis == 0:
-		b.markDirty(q)
-		b.wakeups.sent(q)
+		if h, ok := ctx.Value(heldHandKey{}).(*heldHand); ok {
+			h.visible = append(h.visible, q) // the caller announces it later
+		} else {
+			b.announce(q)
+		}
 	}
 	return nil
 }
@@ -558,20 +561,30 @@ func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
 		return buffered < activityBatch && b.poll.isDrained(0) &&
 			time.Since(time.Unix(0, b.actPolling.Load())) < b.opts.MaxPollInterval+time.Second
 	}
+	p := b.queuePartition(q)
+	if p < 0 {
+		return false
+	}
+	// Only while this process's orchestration poller runs and keeps up:
+	// messages held here are invisible to everyone else, and to the
+	// queue-lag measure that moves partitions off a worker that falls
+	// behind.
+	b.mu.Lock()
+	backlog := len(b.ready)
+	b.mu.Unlock()
+	return b.lm.isActive(p) && backlog < maxHandBacklog && b.poll.isDrained(p+1) &&
+		time.Since(time.Unix(0, b.orchPolling.Load())) < b.opts.MaxPollInterval+time.Second
+}
+
+// queuePartition is the partition of control queue q, or -1 for any other
+// queue (the work-item and telemetry queues).
+func (b *Backend) queuePartition(q *azqueue.QueueClient) int {
 	for p, c := range b.control {
 		if c == q {
-			// Only while this process's orchestration poller runs and keeps
-			// up: messages held here are invisible to everyone else, and to
-			// the queue-lag measure that moves partitions off a worker
-			// that falls behind.
-			b.mu.Lock()
-			backlog := len(b.ready)
-			b.mu.Unlock()
-			return b.lm.isActive(p) && backlog < maxHandBacklog && b.poll.isDrained(p+1) &&
-				time.Since(time.Unix(0, b.orchPolling.Load())) < b.opts.MaxPollInterval+time.Second
+			return p
 		}
 	}
-	return false
+	return -1
 }
 
 // maxHandBacklog is the most instances waiting for an episode in this
@@ -583,12 +596,7 @@ func (b *Backend) handDeliver(ctx context.Context, q *azqueue.QueueClient, env e
 	if len(resp.Messages) == 0 || resp.Messages[0].MessageID == nil || resp.Messages[0].PopReceipt == nil {
 		return // no receipt: the message shows up when its lock runs out
 	}
-	partition := -1
-	for p, c := range b.control {
-		if c == q {
-			partition = p
-		}
-	}
+	partition := b.queuePartition(q)
 	m := newInMsg(q, partition, *resp.Messages[0].MessageID, *resp.Messages[0].PopReceipt, time.Now())
 	m.content, m.env = body, env
 	m.dequeueCount = 1 // this delivery (env.Hand records it for the queue's later deliveries)
@@ -697,15 +705,32 @@ func (b *Backend) materialize(ctx context.Context, m *inMsg, delay time.Duration
 	return nil
 }
 
-// heldHandKey marks a context whose hand-delivered control messages the
-// caller buffers itself (bufferHeld), once what must precede their episode
-// is written.
+// announce makes the consumers of q look at it soon: this process's
+// poller, and the owner of its partition elsewhere (wake.go).
+func (b *Backend) announce(q *azqueue.QueueClient) {
+	b.markDirty(q)
+	b.wakeups.sent(q)
+}
+
+// heldHandKey marks a context whose enqueues the caller makes known
+// itself (bufferHeld), once what must precede their episode is written:
+// a start is neither handed over, nor announced to a poller here or
+// elsewhere, before its status row exists, or its first episode would
+// commit the row itself, racing the creator's Add, and one would lose.
+// (A consumer that polls the queue on its own may still find the start
+// first; the creator's Add then conflicts and adopts the row.)
 type heldHandKey struct{}
 
-type heldHand struct{ msgs []*inMsg }
+type heldHand struct {
+	msgs    []*inMsg               // delivered by hand, to buffer
+	visible []*azqueue.QueueClient // enqueued visible, to announce
+}
 
-// bufferHeld buffers the messages held back by a heldHand.
+// bufferHeld buffers and announces what a heldHand held back.
 func (b *Backend) bufferHeld(h *heldHand) {
+	for _, q := range h.visible {
+		b.announce(q)
+	}
 	if len(h.msgs) == 0 {
 		return
 	}

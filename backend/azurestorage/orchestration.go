@@ -223,11 +223,8 @@ func (b *Backend) markDirty(q *azqueue.QueueClient) {
 		b.actWake.Notify()
 		return
 	}
-	for p, c := range b.control {
-		if c == q {
-			b.poll.markDirty(p + 1)
-			return
-		}
+	if p := b.queuePartition(q); p >= 0 {
+		b.poll.markDirty(p + 1)
 	}
 }
 

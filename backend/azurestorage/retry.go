@@ -80,8 +80,8 @@ func batchStatus(resp *http.Response) int {
 }
 
 // failedOperation is the 0-based index of the operation a failed
-// entity-group transaction names (its response's Content-ID, 1-based),
-// or -1.
+// entity-group transaction names (the Content-ID, 1-based, of the failed
+// operation's response), or -1.
 func failedOperation(err error) int {
 	var re *azcore.ResponseError
 	if !errors.As(err, &re) || re.RawResponse == nil || re.RawResponse.Body == nil {
@@ -93,31 +93,12 @@ func failedOperation(err error) int {
 	} else if b, err := runtime.Payload(re.RawResponse); err == nil {
 		body = b
 	}
-	// Within the failed operation's part, Content-ID may come before the
-	// status line or after it (Azurite puts it after).
-	id, failed := -1, false
-	for line := range strings.Lines(string(body)) {
-		switch {
-		case strings.HasPrefix(line, "--"): // a part boundary
-			if failed {
-				break
+	for _, op := range batchResponses(re.RawResponse.Header.Get("Content-Type"), body) {
+		if op.StatusCode >= 400 {
+			if n, err := strconv.Atoi(strings.TrimSpace(op.Header.Get("Content-ID"))); err == nil && n > 0 {
+				return n - 1
 			}
-			id = -1
-		case strings.HasPrefix(line, "HTTP/"):
-			if f := strings.Fields(line); len(f) >= 2 {
-				if code, err := strconv.Atoi(f[1]); err == nil && code >= 400 {
-					failed = true
-				}
-			}
-		default:
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(strings.TrimSpace(k), "Content-ID") {
-				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-					id = n
-				}
-			}
-		}
-		if failed && id > 0 {
-			return id - 1
+			return -1
 		}
 	}
 	return -1

@@ -171,13 +171,11 @@ func (w *waker) sent(q *azqueue.QueueClient) {
 	if w.b.opts.Wake == wakeOff {
 		return
 	}
-	queue, partition := "w", -1
-	for p, c := range w.b.control {
-		if c == q {
-			queue, partition = "c"+strconv.Itoa(p), p
-		}
-	}
-	if partition < 0 && q != w.b.work {
+	queue, partition := "w", w.b.queuePartition(q)
+	switch {
+	case partition >= 0:
+		queue = "c" + strconv.Itoa(partition)
+	case q != w.b.work:
 		return
 	}
 	targets := w.targets(partition)
