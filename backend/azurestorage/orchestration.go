@@ -149,6 +149,15 @@ func (s *pollState) markDirty(i int) {
 	s.mu.Unlock()
 }
 
+// dueBy makes queue i due no later than t.
+func (s *pollState) dueBy(i int, t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if q := &s.queues[i]; q.due.After(t) {
+		q.due = t
+	}
+}
+
 // polled records a poll of queue i that found n messages of at most batch.
 func (s *pollState) polled(i, n, batch int) {
 	s.mu.Lock()

@@ -28,7 +28,7 @@ import (
 //
 // A datagram costs no storage request and carries nothing but the hub and
 // the queue: a forged one makes the receiver poll a queue once, at most
-// one poll per queue every minPoll however many arrive.
+// one poll per queue every minPoll however many arrive (see received).
 
 // wakeOff disables wake-ups (Options.Wake).
 const wakeOff = "off"
@@ -141,15 +141,29 @@ func (w *waker) received(msg string) {
 	default:
 		return
 	}
+	// At most one poll per queue every minPoll however many datagrams
+	// arrive, but none is dropped: one that comes too soon after the last
+	// poll it caused schedules a poll minPoll after that one (its message
+	// may have been enqueued after that poll looked), unless a poll is
+	// already scheduled after it, which covers it. (Dropping it instead
+	// left the message to the idle poll, 15 s later by default.)
 	w.mu.Lock()
 	now := time.Now()
-	if now.Sub(w.last[i]) < minPoll {
+	at := now
+	switch {
+	case now.Before(w.last[i]):
 		w.mu.Unlock()
-		return // at most one wake-up per queue every minPoll
+		return
+	case now.Sub(w.last[i]) < minPoll:
+		at = w.last[i].Add(minPoll)
 	}
-	w.last[i] = now
+	w.last[i] = at
 	w.mu.Unlock()
-	w.b.poll.markDirty(i)
+	if at.Equal(now) {
+		w.b.poll.markDirty(i)
+	} else {
+		w.b.poll.dueBy(i, at)
+	}
 	if i == 0 {
 		w.b.actWake.Notify()
 	} else {

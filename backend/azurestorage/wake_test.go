@@ -2,6 +2,7 @@ package azurestorage
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -136,4 +137,43 @@ func TestIdleRequestRateWithWakeUps(t *testing.T) {
 		t.Fatalf("%d requests in %s (%s)", total, window, b.Counter())
 	}
 	t.Logf("idle with wake-ups, IdlePollInterval 2s: %s in %s", b.Counter(), window)
+}
+
+// TestWakeUpsReachAnIdleWorkerEveryTime: one start after another from
+// another process, each while the worker's queues are not due for an hour,
+// is each picked up by its wake-up, on one partition as on several.
+func TestWakeUpsReachAnIdleWorkerEveryTime(t *testing.T) {
+	t.Parallel()
+	for _, parts := range []int{1, 2} {
+		hub := testHub(t)
+		w := openTest(t, Options{HubName: hub, Partitions: parts})
+		client := openTest(t, Options{HubName: hub, Partitions: parts})
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		var ran runs
+		startRunner(t, w, countedChain(2, &ran), 4)
+		w.lm.waitReady(ctx)
+		poll(t, 10*time.Second, "the worker's wake address in its heartbeat", func() bool {
+			rows, err := client.lm.list(ctx)
+			if err != nil {
+				return false
+			}
+			_, peers := viewOf(rows, parts, time.Now())
+			return peers[w.opts.WorkerID] == w.wakeups.address()
+		})
+		hc := dtbackend.NewTaskHubClient(client)
+		for i := range 4 {
+			pollNoMore(w)
+			id := fmt.Sprintf("woken-%d-%d", parts, i)
+			if _, err := hc.ScheduleNewOrchestration(ctx, "Chain", api.WithInstanceID(api.InstanceID(id)), api.WithInput(0)); err != nil {
+				t.Fatal(err)
+			}
+			began := time.Now()
+			md := awaitDone(t, ctx, client, id, 20*time.Second)
+			t.Logf("%d partitions, start %d: completed %s after the start", parts, i, time.Since(began))
+			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+				t.Fatalf("start %d: status %v", i, md.RuntimeStatus)
+			}
+		}
+	}
 }
