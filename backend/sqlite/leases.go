@@ -75,6 +75,14 @@ func (b *Backend) update(owner string, fn func(*lease)) {
 	}
 }
 
+// tracked reports whether the lease of owner is tracked: its lock is held.
+func (b *Backend) tracked(owner string) bool {
+	ls := &b.leases
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.m[owner] != nil
+}
+
 // release stops renewing the lease of owner and returns it (nil if it was
 // not tracked).
 func (b *Backend) release(owner string) *lease {

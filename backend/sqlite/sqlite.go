@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,12 @@ type Options struct {
 	// and the instance ends Failed. Hand-backs, failed commits and expired
 	// locks do not count; see taskhub/deadletter.go. Default 10.
 	MaxDequeueCount int
+	// FetchBatch is how many work items of a kind one fetch may lock in
+	// its transaction; the ones beyond the first wait, locked and renewed,
+	// for the next fetches of this backend (see ahead.go). 1 turns fetching
+	// ahead off, e.g. to share work evenly among processes on one file.
+	// Default 8.
+	FetchBatch int
 	// Logger receives the backend's logs; default slog.Default().
 	Logger *slog.Logger
 }
@@ -72,6 +79,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxDequeueCount == 0 {
 		o.MaxDequeueCount = 10
+	}
+	if o.FetchBatch == 0 {
+		o.FetchBatch = 8
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -89,6 +99,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("sqlite: Options.LockTimeout %s is below the 1s minimum", o.LockTimeout)
 	case o.MaxDequeueCount < 1:
 		return fmt.Errorf("sqlite: Options.MaxDequeueCount %d must be at least 1", o.MaxDequeueCount)
+	case o.FetchBatch < 1 || o.FetchBatch > 100:
+		return fmt.Errorf("sqlite: Options.FetchBatch %d must be between 1 and 100", o.FetchBatch)
 	case o.PollInterval < time.Millisecond:
 		return fmt.Errorf("sqlite: Options.PollInterval %s is below the 1ms minimum", o.PollInterval)
 	}
@@ -112,7 +124,12 @@ type Backend struct {
 
 	orchWake, actWake taskhub.Wake
 	leases            leases
-	group             writeGroup
+	// orchAhead and actAhead are work items fetched ahead (ahead.go);
+	// stopped turns fetching ahead off once Stop was called.
+	orchAhead ahead[dtbackend.OrchestrationWorkItem]
+	actAhead  ahead[dtbackend.ActivityWorkItem]
+	stopped   atomic.Bool
+	group     writeGroup
 
 	mu      sync.Mutex
 	created bool
@@ -222,6 +239,10 @@ func (b *Backend) closeLocked() error {
 		return nil
 	}
 	b.closed = true
+	b.stopped.Store(true)
+	ctx, cancel := handBack(context.Background())
+	b.handBackAhead(ctx)
+	cancel()
 	b.closeLeases()
 	b.wstmts.close()
 	rerr := b.rdb.Close()
@@ -263,18 +284,27 @@ func (b *Backend) DeleteTaskHub(ctx context.Context) error {
 
 // Start implements backend.Backend. Locks are renewed whenever work items
 // are out; there is nothing else to start.
-func (b *Backend) Start(context.Context) error { return nil }
+func (b *Backend) Start(context.Context) error {
+	b.stopped.Store(false)
+	startAhead(&b.orchAhead)
+	startAhead(&b.actAhead)
+	return nil
+}
 
 // Stop implements backend.Backend: it stops renewing the locks of the work
 // items handed out so far. The runner calls it once its work is drained;
 // work still running then (cut off at the shutdown deadline) is delivered
 // again when its lock expires, unless it is completed or abandoned first.
-func (b *Backend) Stop(context.Context) error {
+func (b *Backend) Stop(ctx context.Context) error {
+	b.stopped.Store(true)
+	b.handBackAhead(ctx)
 	b.dropLeases()
 	return nil
 }
 
-// write runs fn in an immediate transaction on the writer connection.
+// write runs fn in an immediate transaction on the writer connection,
+// grouped with other writes (see runGroup). fn may run more than once, its
+// earlier runs rolled back, so it must set its outputs afresh on each run.
 func (b *Backend) write(ctx context.Context, fn func(*stx) error) error {
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	b.group.mu.Lock()
@@ -323,6 +353,7 @@ const maxGroup = 64
 // commitGroups runs one group of the waiting writes, then leaves the lead
 // to another goroutine if more are waiting.
 func (b *Backend) commitGroups() {
+	runtime.Gosched()
 	b.group.mu.Lock()
 	n := min(len(b.group.queue), maxGroup)
 	batch := b.group.queue[:n:n]
@@ -341,6 +372,16 @@ func (b *Backend) commitGroups() {
 }
 
 func (b *Backend) runGroup(batch []*writeReq) {
+	// Optimistically, the writes run one after another with no savepoints
+	// between them: a savepoint costs its statement journal, allocated and
+	// freed each time (with the embedded SQLite's allocator, a map and an
+	// unmap of memory). Should one fail, the transaction is rolled back and
+	// the group runs again with a savepoint around each write. Running a
+	// write twice is safe: its first run is rolled back, and the writes set
+	// their outputs afresh on each run (see write).
+	if len(batch) > 1 && b.tryGroup(batch) {
+		return
+	}
 	// The transaction outlives any one caller's context: database/sql
 	// rolls a transaction back when its context ends.
 	tx, err := b.wdb.BeginTx(context.Background(), nil)
@@ -381,8 +422,40 @@ func (b *Backend) runGroup(batch []*writeReq) {
 			r.ok = r.err == nil
 		}
 	}
+	b.finishGroup(batch, tx.Commit())
+}
+
+// tryGroup runs a group's writes in one transaction without savepoints and
+// commits it if every write succeeded; it reports whether it did (and
+// answered the callers). Otherwise nothing was written.
+func (b *Backend) tryGroup(batch []*writeReq) bool {
+	for _, r := range batch {
+		if r.ctx.Err() != nil {
+			return false
+		}
+	}
+	tx, err := b.wdb.BeginTx(context.Background(), nil)
+	if err != nil {
+		return false
+	}
+	t := &stx{Tx: tx, stmts: b.wstmts}
+	for _, r := range batch {
+		if err := r.fn(t); err != nil {
+			_ = tx.Rollback()
+			return false
+		}
+	}
+	for _, r := range batch {
+		r.ok, r.err = true, nil
+	}
+	b.finishGroup(batch, tx.Commit())
+	return true
+}
+
+// finishGroup answers the callers of a group whose commit returned err.
+func (b *Backend) finishGroup(batch []*writeReq, err error) {
 	var cerr error
-	if err := tx.Commit(); err != nil {
+	if err != nil {
 		cerr = fmt.Errorf("sqlite: commit: %w", err)
 	}
 	for _, r := range batch {

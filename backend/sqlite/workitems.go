@@ -60,83 +60,114 @@ func waitFor[W any](ctx context.Context, wake *taskhub.Wake, next func(context.C
 	}
 }
 
-// nextOrchestration locks the instance whose oldest visible event is the
-// oldest, with its visible events. It returns again when it handled that
-// work itself (a start deferred to its time, an instance terminated before
-// it started, unreadable events set aside): look again at once.
-func (b *Backend) nextOrchestration(ctx context.Context) (wi *dtbackend.OrchestrationWorkItem, again bool, err error) {
-	owner := b.newOwner()
+// nextOrchestration returns a work item locked ahead by an earlier fetch
+// if there is one, and otherwise locks, in one transaction, up to
+// FetchBatch instances in the order of their oldest visible event, each
+// with its visible events: it returns the first and keeps the others for
+// the next fetches (see ahead). It returns again when it handled the work
+// it found itself (a start deferred to its time, an instance terminated
+// before it started, unreadable events set aside): look again at once.
+func (b *Backend) nextOrchestration(ctx context.Context) (*dtbackend.OrchestrationWorkItem, bool, error) {
+	if wi := takeAhead(b, &b.orchAhead, orchOwner); wi != nil {
+		return wi, false, nil
+	}
 	now := time.Now().UTC()
-	err = b.write(ctx, func(tx *stx) error {
-		wi, again = nil, false
-		var id string
-		err := tx.QueryRowContext(ctx, `UPDATE Instances SET LockedBy = ?, LockExpiration = ? WHERE InstanceID = (
-				SELECT E.InstanceID FROM NewEvents E JOIN Instances I ON I.InstanceID = E.InstanceID
-				WHERE (E.VisibleTime IS NULL OR E.VisibleTime <= ?) AND (I.LockExpiration IS NULL OR I.LockExpiration < ?)
-				ORDER BY E.SequenceNumber LIMIT 1)
-			RETURNING InstanceID`, owner, now.Add(b.opts.LockTimeout), now, now).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("sqlite: fetch orchestration work: %w", err)
-		}
-		events, failures, err := b.lockEvents(ctx, tx, id, owner, now, false)
-		if err != nil {
-			return err
-		}
-		again = true
-		if len(events) == 0 { // all unreadable, and set aside
-			return unlockInstance(ctx, tx, id, owner)
-		}
-		started, err := hasHistory(ctx, tx, id)
-		if err != nil {
-			return err
-		}
-		if !started {
-			if term := first(events, isTerminate); term != nil {
-				// Terminated before it started: end it now, without running
-				// it, even if its start time lies ahead.
-				if events, _, err = b.lockEvents(ctx, tx, id, owner, now, true); err != nil {
-					return err
-				}
-				if start := first(events, isStart); start != nil {
-					return b.terminateUnstarted(ctx, tx, id, owner, start, term.GetExecutionTerminated().GetInput(), now)
-				}
-			} else if at, ok := taskhub.ScheduledStart(events, now); ok {
-				return b.deferStart(ctx, tx, id, owner, at)
-			} else if first(events, isStart) == nil {
-				// A start postponed by an earlier version (its VisibleTime
-				// set ahead): the other events wait for it.
-				var at sql.NullString
-				if err := tx.QueryRowContext(ctx, `SELECT MIN(VisibleTime) FROM NewEvents WHERE InstanceID = ? AND VisibleTime > ?`, id, now).Scan(&at); err == nil && at.Valid {
-					if t, ok := parseTime(at.String); ok {
-						return b.deferStart(ctx, tx, id, owner, t)
-					}
-				}
+	var got []*dtbackend.OrchestrationWorkItem
+	var again bool
+	err := b.write(ctx, func(tx *stx) error {
+		got, again = got[:0], false
+		for range b.batchSize() {
+			wi, handled, err := b.lockOrchestration(ctx, tx, b.newOwner(), now)
+			switch {
+			case err != nil:
+				return err
+			case wi != nil:
+				got = append(got, wi)
+			case handled:
+				again = true
+			default:
+				return nil // no more work
 			}
-		}
-		again = false
-		wi = &dtbackend.OrchestrationWorkItem{
-			InstanceID: api.InstanceID(id),
-			NewEvents:  events,
-			LockedBy:   owner,
-			RetryCount: int32(failures),
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, false, err
 	}
-	if wi != nil {
-		b.track(&lease{owner: owner, instance: string(wi.InstanceID)})
+	for _, wi := range got {
+		b.track(&lease{owner: wi.LockedBy, instance: string(wi.InstanceID)})
 	}
 	if again {
 		// Deferring, terminating or setting aside may have queued work
 		// (a parent's message) or unlocked other events.
 		b.orchWake.Notify()
 	}
-	return wi, again, nil
+	if len(got) == 0 {
+		return nil, again, nil
+	}
+	if refused := putAhead(&b.orchAhead, got[1:]); len(refused) > 0 {
+		b.handBackOrchestrations(ctx, refused)
+	}
+	return got[0], false, nil
+}
+
+// lockOrchestration locks, under owner, the instance whose oldest visible
+// event is the oldest, with its visible events. It returns nil and handled
+// when it dealt with that instance's work itself, and nil, false when
+// there is no work.
+func (b *Backend) lockOrchestration(ctx context.Context, tx *stx, owner string, now time.Time) (*dtbackend.OrchestrationWorkItem, bool, error) {
+	var id string
+	err := tx.QueryRowContext(ctx, `UPDATE Instances SET LockedBy = ?, LockExpiration = ? WHERE InstanceID = (
+			SELECT E.InstanceID FROM NewEvents E JOIN Instances I ON I.InstanceID = E.InstanceID
+			WHERE (E.VisibleTime IS NULL OR E.VisibleTime <= ?) AND (I.LockExpiration IS NULL OR I.LockExpiration < ?)
+			ORDER BY E.SequenceNumber LIMIT 1)
+		RETURNING InstanceID`, owner, now.Add(b.opts.LockTimeout), now, now).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlite: fetch orchestration work: %w", err)
+	}
+	events, failures, err := b.lockEvents(ctx, tx, id, owner, now, false)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(events) == 0 { // all unreadable, and set aside
+		return nil, true, unlockInstance(ctx, tx, id, owner)
+	}
+	started, err := hasHistory(ctx, tx, id)
+	if err != nil {
+		return nil, false, err
+	}
+	if !started {
+		if term := first(events, isTerminate); term != nil {
+			// Terminated before it started: end it now, without running
+			// it, even if its start time lies ahead.
+			if events, _, err = b.lockEvents(ctx, tx, id, owner, now, true); err != nil {
+				return nil, false, err
+			}
+			if start := first(events, isStart); start != nil {
+				return nil, true, b.terminateUnstarted(ctx, tx, id, owner, start, term.GetExecutionTerminated().GetInput(), now)
+			}
+		} else if at, ok := taskhub.ScheduledStart(events, now); ok {
+			return nil, true, b.deferStart(ctx, tx, id, owner, at)
+		} else if first(events, isStart) == nil {
+			// A start postponed by an earlier version (its VisibleTime
+			// set ahead): the other events wait for it.
+			var at sql.NullString
+			if err := tx.QueryRowContext(ctx, `SELECT MIN(VisibleTime) FROM NewEvents WHERE InstanceID = ? AND VisibleTime > ?`, id, now).Scan(&at); err == nil && at.Valid {
+				if t, ok := parseTime(at.String); ok {
+					return nil, true, b.deferStart(ctx, tx, id, owner, t)
+				}
+			}
+		}
+	}
+	return &dtbackend.OrchestrationWorkItem{
+		InstanceID: api.InstanceID(id),
+		NewEvents:  events,
+		LockedBy:   owner,
+		RetryCount: int32(failures),
+	}, false, nil
 }
 
 // lockEvents locks an instance's visible events (all of them if all) under
@@ -488,49 +519,68 @@ func (b *Backend) GetActivityWorkItem(ctx context.Context) (*dtbackend.ActivityW
 	return waitFor(ctx, &b.actWake, b.nextActivity, func() time.Duration { return b.opts.PollInterval })
 }
 
-// nextActivity locks the oldest activity message that is not locked. One
-// that cannot be run (unreadable, or not a TaskScheduled event) is set
-// aside at once, and again is returned.
-func (b *Backend) nextActivity(ctx context.Context) (wi *dtbackend.ActivityWorkItem, again bool, err error) {
-	owner := b.newOwner()
+// nextActivity returns a work item locked ahead by an earlier fetch if
+// there is one, and otherwise locks, in one transaction, up to FetchBatch
+// of the oldest activity messages that are not locked: it returns the
+// first and keeps the others for the next fetches (see ahead). One that
+// cannot be run (unreadable, or not a TaskScheduled event) is set aside at
+// once; again is returned if that is all there was.
+func (b *Backend) nextActivity(ctx context.Context) (*dtbackend.ActivityWorkItem, bool, error) {
+	if wi := takeAhead(b, &b.actAhead, actOwner); wi != nil {
+		return wi, false, nil
+	}
 	now := time.Now().UTC()
-	err = b.write(ctx, func(tx *stx) error {
-		wi, again = nil, false
-		var seq int64
-		var id string
-		var payload []byte
-		err := tx.QueryRowContext(ctx, `UPDATE NewTasks SET LockedBy = ?, LockExpiration = ? WHERE SequenceNumber = (
-				SELECT SequenceNumber FROM NewTasks WHERE LockExpiration IS NULL OR LockExpiration < ? ORDER BY SequenceNumber LIMIT 1)
-			RETURNING SequenceNumber, InstanceID, EventPayload`, owner, now.Add(b.opts.LockTimeout), now).Scan(&seq, &id, &payload)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("sqlite: fetch activity work: %w", err)
-		}
-		e, err := dtbackend.UnmarshalHistoryEvent(payload)
-		if err != nil || e.GetTaskScheduled() == nil {
-			reason := "not a TaskScheduled event"
-			if err != nil {
-				reason, e = err.Error(), nil
+	var got []*dtbackend.ActivityWorkItem
+	var again bool
+	err := b.write(ctx, func(tx *stx) error {
+		got, again = got[:0], false
+		for range b.batchSize() {
+			owner := b.newOwner()
+			var seq int64
+			var id string
+			var payload []byte
+			err := tx.QueryRowContext(ctx, `UPDATE NewTasks SET LockedBy = ?, LockExpiration = ? WHERE SequenceNumber = (
+					SELECT SequenceNumber FROM NewTasks WHERE LockExpiration IS NULL OR LockExpiration < ? ORDER BY SequenceNumber LIMIT 1)
+				RETURNING SequenceNumber, InstanceID, EventPayload`, owner, now.Add(b.opts.LockTimeout), now).Scan(&seq, &id, &payload)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil
 			}
-			b.log.Error("sqlite: an activity message cannot be run; dead-lettering it", "instance", id, "reason", reason)
-			again = true
-			return b.setAsideActivity(ctx, tx, seq, owner, api.InstanceID(id), e, reason, now)
+			if err != nil {
+				return fmt.Errorf("sqlite: fetch activity work: %w", err)
+			}
+			e, err := dtbackend.UnmarshalHistoryEvent(payload)
+			if err != nil || e.GetTaskScheduled() == nil {
+				reason := "not a TaskScheduled event"
+				if err != nil {
+					reason, e = err.Error(), nil
+				}
+				b.log.Error("sqlite: an activity message cannot be run; dead-lettering it", "instance", id, "reason", reason)
+				again = true
+				if err := b.setAsideActivity(ctx, tx, seq, owner, api.InstanceID(id), e, reason, now); err != nil {
+					return err
+				}
+				continue
+			}
+			got = append(got, &dtbackend.ActivityWorkItem{SequenceNumber: seq, InstanceID: api.InstanceID(id), NewEvent: e, LockedBy: owner})
 		}
-		wi = &dtbackend.ActivityWorkItem{SequenceNumber: seq, InstanceID: api.InstanceID(id), NewEvent: e, LockedBy: owner}
 		return nil
 	})
 	if err != nil {
 		return nil, false, err
 	}
-	if wi != nil {
-		b.track(&lease{activity: true, owner: owner, instance: string(wi.InstanceID), seq: wi.SequenceNumber})
+	for _, wi := range got {
+		b.track(&lease{activity: true, owner: wi.LockedBy, instance: string(wi.InstanceID), seq: wi.SequenceNumber})
 	}
 	if again {
 		b.orchWake.Notify()
 	}
-	return wi, again, nil
+	if len(got) == 0 {
+		return nil, again, nil
+	}
+	if refused := putAhead(&b.actAhead, got[1:]); len(refused) > 0 {
+		b.handBackActivities(ctx, refused)
+	}
+	return got[0], false, nil
 }
 
 // CompleteActivityWorkItem implements backend.Backend: the activity's
