@@ -12,6 +12,15 @@
 //   - SoloW1, SoloW2: one orchestration of the W1 or the W2 shape at a time,
 //     SoloRuns times, on an otherwise idle worker that has already run work.
 //
+// W1 and W2 run Repeat times back to back (fresh instance ids each time);
+// the result is the median run's, with every run's window in Repetitions.
+//
+// Ceiling, on DronehubAzure only, measures the storage itself: the Azure
+// SDK's clients, with no engine, doing CeilingOps enqueues, dequeue+deletes,
+// point reads and 10-entity batches with Concurrency goroutines on a
+// scratch queue and table, so that the engine's figures can be read as a
+// fraction of what the storage (Azurite, usually) allows.
+//
 // Two more workloads run dronehub itself, not synthetic orchestrations, and
 // only on dronehub's engines and when asked for (they take minutes at their
 // default sizes): each opens a dronehub worker (worker.New) on fresh storage
@@ -97,15 +106,21 @@ const (
 	// W4 is W4Drones drones posting W4FramesPerDrone telemetry frames each
 	// to a dronehub worker.
 	W4 = "w4"
+	// Ceiling is the raw rate of the storage of DronehubAzure through the
+	// Azure SDK, without an engine: CeilingOps enqueues, dequeue+deletes,
+	// point reads and 10-entity batches, Concurrency at a time. It runs on
+	// DronehubAzure only.
+	Ceiling = "ceiling"
 )
 
-// WorkloadNames returns the workloads run by default, in the order Run runs
-// them. W3 and W4 run only when Options.Workloads names them.
+// WorkloadNames returns the workloads every engine runs by default, in the
+// order Run runs them. By default DronehubAzure runs Ceiling too, after
+// them; W3 and W4 run only when Options.Workloads names them.
 func WorkloadNames() []string { return []string{W1, W2, SoloW1, SoloW2} }
 
-// AllWorkloadNames returns every workload name: the default ones, then W3
-// and W4.
-func AllWorkloadNames() []string { return append(WorkloadNames(), W3, W4) }
+// AllWorkloadNames returns every workload name: the default ones, then
+// Ceiling, W3 and W4.
+func AllWorkloadNames() []string { return append(WorkloadNames(), Ceiling, W3, W4) }
 
 // SequenceSteps is the number of sequential activities of a W1 orchestration.
 const SequenceSteps = 5
@@ -117,6 +132,8 @@ const (
 	DefaultW2Fanout         = 20
 	DefaultSoloRuns         = 20
 	DefaultConcurrency      = 16
+	DefaultRepeat           = 1
+	DefaultCeilingOps       = 2000
 
 	DefaultW3Missions       = 1000
 	DefaultW3FrameInterval  = time.Second
@@ -139,6 +156,10 @@ const (
 	MaxFramesPerDrone = 100_000
 	// MaxSpeedMps bounds W3SpeedMps.
 	MaxSpeedMps = 10_000
+	// MaxRepeat bounds Repeat.
+	MaxRepeat = 100
+	// MaxCeilingOps bounds CeilingOps.
+	MaxCeilingOps = 100_000
 )
 
 // Options configures a bench. The zero value runs every workload at its
@@ -149,7 +170,9 @@ type Options struct {
 	// DronehubAzure when AzureConnectionString is empty.
 	Engines []string
 	// Workloads to run on each engine, in this order; default
-	// WorkloadNames().
+	// WorkloadNames(), and Ceiling on DronehubAzure. Ceiling runs on
+	// DronehubAzure only: the other engines skip it, with a note when it
+	// was asked for.
 	Workloads []string
 	// W1Orchestrations is W1's size; default 200.
 	W1Orchestrations int
@@ -161,6 +184,14 @@ type Options struct {
 	// SoloRuns is how many orchestrations SoloW1 and SoloW2 each run, one
 	// after the other; default 20.
 	SoloRuns int
+	// Repeat is how many times W1 and W2 each run on an engine, back to
+	// back, on fresh instance ids; default 1. Their result is the median
+	// run's, with every run's window in Result.Repetitions when Repeat > 1.
+	// The solo workloads, W3, W4 and Ceiling run once.
+	Repeat int
+	// CeilingOps is how many operations of each kind Ceiling does; default
+	// 2000.
+	CeilingOps int
 	// Concurrency bounds both the orchestration and the activity work items
 	// a worker processes at once, and the orchestrations the client
 	// schedules at once; default 16. In W3 and W4 it also bounds the
@@ -209,10 +240,16 @@ type Progress struct {
 	// warms up.
 	Workload string `json:"workload"`
 	// Done of Total orchestrations of the workload have completed (Unit
-	// "missions" for W3: missions ended; "frames" for W4: frames posted).
+	// "missions" for W3: missions ended; "frames" for W4: frames posted;
+	// "operations" for Ceiling: storage operations done, of every kind).
 	Done  int    `json:"done"`
 	Total int    `json:"total"`
 	Unit  string `json:"unit,omitempty"`
+	// Run of Runs is the repetition of W1 or W2 running, when
+	// Options.Repeat > 1 (zero otherwise, and in the final report, whose
+	// Result is the median run's).
+	Run  int `json:"run,omitempty"`
+	Runs int `json:"runs,omitempty"`
 	// Elapsed is the time since the workload (or the opening) began.
 	Elapsed time.Duration `json:"elapsed"`
 	// Result is set once, when the workload has finished.
@@ -229,6 +266,9 @@ func (o Options) withDefaults() Options {
 	}
 	if len(o.Workloads) == 0 {
 		o.Workloads = WorkloadNames()
+		if slices.Contains(o.Engines, DronehubAzure) {
+			o.Workloads = append(o.Workloads, Ceiling)
+		}
 	}
 	if o.W1Orchestrations == 0 {
 		o.W1Orchestrations = DefaultW1Orchestrations
@@ -244,6 +284,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Concurrency == 0 {
 		o.Concurrency = DefaultConcurrency
+	}
+	if o.Repeat == 0 {
+		o.Repeat = DefaultRepeat
+	}
+	if o.CeilingOps == 0 {
+		o.CeilingOps = DefaultCeilingOps
 	}
 	if o.W3Missions == 0 {
 		o.W3Missions = DefaultW3Missions
@@ -286,6 +332,8 @@ func (o Options) validate() error {
 	size("W2Fanout", o.W2Fanout, MaxFanout)
 	size("SoloRuns", o.SoloRuns, MaxOrchestrations)
 	size("Concurrency", o.Concurrency, MaxConcurrency)
+	size("Repeat", o.Repeat, MaxRepeat)
+	size("CeilingOps", o.CeilingOps, MaxCeilingOps)
 	size("W3Missions", o.W3Missions, MaxDrones)
 	size("W3Batch", o.W3Batch, domain.MaxFramesPerBatch)
 	size("W4Drones", o.W4Drones, MaxDrones)
@@ -334,6 +382,9 @@ func checkNames(field string, names, known []string) error {
 // last frame sent) is in the report too, and the bench goes on; its error
 // is returned at the end.
 func Run(ctx context.Context, opts Options) (*Report, error) {
+	// Ceiling is in the default workloads, for DronehubAzure only: the
+	// other engines say they skipped it only when it was asked for.
+	askedCeiling := slices.Contains(opts.Workloads, Ceiling)
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -346,16 +397,22 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	rep.LoadAverage.Start = loadAverage()
 	start := time.Now()
-	err := runAll(ctx, opts, rep)
+	err := runAll(ctx, opts, rep, askedCeiling)
 	rep.LoadAverage.End = loadAverage()
 	rep.Seconds = time.Since(start).Seconds()
 	rep.compare()
+	rep.relateToCeiling()
 	return rep, err
 }
 
-func runAll(ctx context.Context, opts Options, rep *Report) error {
-	var skipped []string // engines that cannot run W3 and W4
+func runAll(ctx context.Context, opts Options, rep *Report, askedCeiling bool) error {
+	var skipped []string        // engines that cannot run W3 and W4
+	var skippedCeiling []string // engines that cannot run Ceiling
 	defer func() {
+		if len(skippedCeiling) > 0 && askedCeiling {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s did not run on %s: it measures the Azure Storage account (or Azurite) of %s",
+				Ceiling, strings.Join(skippedCeiling, ", "), DronehubAzure))
+		}
 		if len(skipped) > 0 {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%s did not run on %s: durabletask-go's backend alone has no fleet store, telemetry ingestion or missions",
 				strings.Join(slices.DeleteFunc(slices.Clone(opts.Workloads), func(w string) bool { return !simWorkload(w) }), ", "),
@@ -367,6 +424,13 @@ func runAll(ctx context.Context, opts Options, rep *Report) error {
 	var failed []error
 	for _, name := range opts.Engines {
 		workloads := opts.Workloads
+		if name != DronehubAzure && slices.Contains(workloads, Ceiling) {
+			skippedCeiling = append(skippedCeiling, name)
+			workloads = slices.DeleteFunc(slices.Clone(workloads), isCeiling)
+			if len(workloads) == 0 {
+				continue
+			}
+		}
 		if !dronehubEngine(name) && slices.ContainsFunc(workloads, simWorkload) {
 			skipped = append(skipped, name)
 			workloads = slices.DeleteFunc(slices.Clone(workloads), simWorkload)

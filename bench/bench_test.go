@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -12,6 +13,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 
 	"github.com/dronehub/dronehub/backend/azurestorage"
 	"github.com/dronehub/dronehub/bench"
@@ -33,7 +38,8 @@ func tiny(t testing.TB, engines ...string) bench.Options {
 	return bench.Options{
 		Engines:          engines,
 		W1Orchestrations: 4, W2Orchestrations: 2, W2Fanout: 4, SoloRuns: 2,
-		TempDir: t.TempDir(),
+		CeilingOps: 20,
+		TempDir:    t.TempDir(),
 	}
 }
 
@@ -71,9 +77,12 @@ func TestAzureEngine(t *testing.T) {
 	if err != nil {
 		t.Fatalf("run: %v", err)
 	}
+	// By default, dronehub-azure runs the ceiling too.
 	checkReport(t, rep, opts.Engines)
 	for _, r := range rep.Results {
-		checkRequests(t, r)
+		if r.Ceiling == nil {
+			checkRequests(t, r)
+		}
 	}
 	// The bench's hub was deleted at the end.
 	storage := rep.Engines[0].Storage
@@ -140,6 +149,7 @@ func TestCommandWritesTableAndJSON(t *testing.T) {
 
 // checkReport checks that rep has every workload of every engine, with
 // every figure present and consistent, and that it prints and marshals.
+// The ceiling, when the settings name it, is checked by checkCeiling.
 func checkReport(t *testing.T, rep *bench.Report, engines []string) {
 	t.Helper()
 	if rep.GoVersion == "" || rep.Date.IsZero() || rep.Machine.CPUs < 1 || rep.Seconds <= 0 {
@@ -153,7 +163,16 @@ func checkReport(t *testing.T, rep *bench.Report, engines []string) {
 		bench.W1: {s.W1Orchestrations, bench.SequenceSteps}, bench.W2: {s.W2Orchestrations, s.W2Fanout},
 		bench.SoloW1: {s.SoloRuns, bench.SequenceSteps}, bench.SoloW2: {s.SoloRuns, s.W2Fanout},
 	}
-	if got, wantN := len(rep.Results), len(engines)*len(want); got != wantN {
+	wantN := len(engines) * len(want)
+	if slices.Contains(s.Workloads, bench.Ceiling) && slices.Contains(engines, bench.DronehubAzure) {
+		wantN++
+		i := slices.IndexFunc(rep.Results, func(r bench.Result) bool { return r.Ceiling != nil })
+		if i < 0 {
+			t.Fatalf("no ceiling among the results of %s", bench.DronehubAzure)
+		}
+		checkCeiling(t, rep.Results[i], s.CeilingOps, s.Concurrency)
+	}
+	if got := len(rep.Results); got != wantN {
 		t.Fatalf("%d results, want %d", got, wantN)
 	}
 	linux := runtime.GOOS == "linux"
@@ -527,5 +546,204 @@ func TestSimulatedWorkloadsNeedDronehub(t *testing.T) {
 	defer e.Close(ctx)
 	if r, err := e.Run(ctx, bench.W1); err == nil || r != nil || !strings.Contains(err.Error(), "opened for w3 and w4 only") {
 		t.Errorf("W1 on an engine opened for w3 and w4: %+v, %v", r, err)
+	}
+}
+
+// checkCeiling checks the ceiling's figures, and that its scratch queue and
+// table are gone.
+func checkCeiling(t *testing.T, r bench.Result, ops, concurrency int) {
+	t.Helper()
+	c := r.Ceiling
+	if c == nil || r.Engine != bench.DronehubAzure || r.Workload != bench.Ceiling || r.Simulated() || r.TaskHub() {
+		t.Fatalf("ceiling result %+v", r)
+	}
+	if c.OpsPerKind != ops || c.Concurrency != concurrency || r.Concurrency != concurrency {
+		t.Errorf("ceiling: %d ops per kind at concurrency %d, want %d at %d", c.OpsPerKind, c.Concurrency, ops, concurrency)
+	}
+	var seconds float64
+	var requests int
+	for name, k := range map[string]bench.CeilingKind{"enqueue": c.Enqueue, "dequeue+delete": c.DequeueDelete, "point read": c.PointRead, "batch": c.Batch} {
+		seconds += k.Seconds
+		requests += k.Requests
+		perOp := 1
+		if name == "dequeue+delete" {
+			perOp = 2
+		}
+		switch {
+		case k.Ops != ops || k.Requests != perOp*ops+k.Empty:
+			t.Errorf("ceiling %s: %d ops, %d requests (%d empty dequeues), want %d ops of %d requests", name, k.Ops, k.Requests, k.Empty, ops, perOp)
+		case k.Seconds <= 0 || k.PerSecond <= 0 || !near(k.PerSecond, float64(ops)/k.Seconds):
+			t.Errorf("ceiling %s: %v/s over %vs, want positive and %d over the window", name, k.PerSecond, k.Seconds, ops)
+		case k.LatencyMs.N != ops || k.LatencyMs.P50 <= 0 || k.LatencyMs.P99 < k.LatencyMs.P50:
+			t.Errorf("ceiling %s: latency %+v", name, k.LatencyMs)
+		}
+	}
+	if !near(r.Seconds, seconds) || !near(c.RequestsPerSecond, float64(requests)/seconds) {
+		t.Errorf("ceiling: %vs, %v requests/s; want the kinds' %vs and %d requests over them", r.Seconds, c.RequestsPerSecond, seconds, requests)
+	}
+
+	// The scratch queue and table were deleted.
+	name, _, ok := strings.Cut(strings.TrimPrefix(c.Storage, "queue and table "), " ")
+	if !ok || !strings.HasPrefix(name, "benchceil") {
+		t.Fatalf("ceiling storage %q names no scratch queue and table", c.Storage)
+	}
+	srv := azr.Get(t)
+	qk, err := azqueue.NewSharedKeyCredential(azurite.AccountName, azurite.AccountKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := azqueue.NewServiceClientWithSharedKeyCredential(srv.QueueEndpoint()+"/", qk, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := aztables.NewSharedKeyCredential(azurite.AccountName, azurite.AccountKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := aztables.NewServiceClientWithSharedKey(srv.TableEndpoint(), tk, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t)
+	var re *azcore.ResponseError
+	if _, err := qs.NewQueueClient(name).GetProperties(ctx, nil); !errors.As(err, &re) || re.StatusCode != 404 {
+		t.Errorf("the scratch queue %s: %v, want 404", name, err)
+	}
+	if _, err := ts.NewClient(name).GetEntity(ctx, "p000000", "r00", nil); !errors.As(err, &re) || re.StatusCode != 404 {
+		t.Errorf("the scratch table %s: %v, want 404", name, err)
+	}
+}
+
+// W1 and W2 repeated twice on both dronehub engines, with the ceiling on
+// dronehub-azure (dronehub-sqlite skips it with a note): the median runs,
+// their repetitions, the ceiling, and the azure runs' share of it.
+func TestRepeatAndCeiling(t *testing.T) {
+	t.Parallel()
+	opts := tiny(t, bench.DronehubSQLite, bench.DronehubAzure)
+	opts.AzureConnectionString = azr.Get(t).ConnectionString()
+	opts.Workloads = []string{bench.W1, bench.W2, bench.Ceiling}
+	opts.Repeat = 2
+	opts.Concurrency = 4
+	var final []bench.Progress
+	opts.Progress = func(p bench.Progress) {
+		if p.Result != nil {
+			final = append(final, p)
+		}
+		if p.Runs != 0 && (p.Runs != 2 || p.Run < 1 || p.Run > 2 || (p.Workload != bench.W1 && p.Workload != bench.W2)) {
+			t.Errorf("progress %+v: run %d of %d", p, p.Run, p.Runs)
+		}
+	}
+	rep, err := bench.Run(testContext(t), opts)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if s := rep.Settings; s.Repeat != 2 || s.CeilingOps != 20 {
+		t.Errorf("settings %+v: want repeat 2, 20 ceiling ops", s)
+	}
+	if len(rep.Results) != 5 || len(final) != 5 {
+		t.Fatalf("%d results (%d reported by Progress): want w1 and w2 on both engines, and the ceiling: %+v", len(rep.Results), len(final), rep.Results)
+	}
+	if !slices.ContainsFunc(rep.Notes, func(n string) bool { return strings.Contains(n, "ceiling did not run on dronehub-sqlite") }) {
+		t.Errorf("no note that dronehub-sqlite skipped the ceiling: %q", rep.Notes)
+	}
+	var ceiling *bench.CeilingFigures
+	for _, r := range rep.Results {
+		if r.Ceiling != nil {
+			checkCeiling(t, r, 20, 4)
+			ceiling = r.Ceiling
+		}
+	}
+	if ceiling == nil {
+		t.Fatal("no ceiling")
+	}
+	if p := final[len(final)-1]; p.Workload != bench.Ceiling || p.Unit != "operations" || p.Done != 80 || p.Total != 80 {
+		t.Errorf("the ceiling's final progress %+v: want 80 of 80 operations", p)
+	}
+	for _, r := range rep.Results {
+		if r.Ceiling != nil {
+			continue
+		}
+		p := r.Repetitions
+		if p == nil || len(p.Seconds) != 2 || len(p.ActivityExecutions) != 2 || p.Median < 1 || p.Median > 2 {
+			t.Errorf("%s %s: repetitions %+v, want 2", r.Engine, r.Workload, p)
+			continue
+		}
+		once := p.ActivityExecutions[0] == r.Activities && p.ActivityExecutions[1] == r.Activities
+		switch {
+		case p.Seconds[p.Median-1] != r.Seconds || p.ActivityExecutions[p.Median-1] != r.ActivityExecutions:
+			t.Errorf("%s %s: the result (%vs) is not the median run's %+v", r.Engine, r.Workload, r.Seconds, p)
+		case p.Seconds[0] <= 0 || p.Seconds[1] <= 0 || p.SlowestToMedian < 1 || !near(p.SlowestToMedian, slices.Max(p.Seconds)/r.Seconds):
+			t.Errorf("%s %s: runs %v, slowest %v× the median", r.Engine, r.Workload, p.Seconds, p.SlowestToMedian)
+		case p.ExactlyOnce != once:
+			t.Errorf("%s %s: exactly once %v with executions %v of %d activities", r.Engine, r.Workload, p.ExactlyOnce, p.ActivityExecutions, r.Activities)
+		}
+		if r.Engine == bench.DronehubSQLite {
+			if r.RequestsPerSecondOfCeiling != 0 {
+				t.Errorf("%s %s: %v of the ceiling", r.Engine, r.Workload, r.RequestsPerSecondOfCeiling)
+			}
+			continue
+		}
+		checkRequests(t, r)
+		if q := r.Requests; q == nil || !near(q.PerSecond, float64(q.Total)/r.Seconds) ||
+			r.RequestsPerSecondOfCeiling <= 0 || !near(r.RequestsPerSecondOfCeiling, q.PerSecond/ceiling.RequestsPerSecond) {
+			t.Errorf("%s %s: requests %+v, %v of the ceiling's %v requests/s", r.Engine, r.Workload, q, r.RequestsPerSecondOfCeiling, ceiling.RequestsPerSecond)
+		}
+	}
+
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatalf("write table: %v", err)
+	}
+	for _, want := range []string{"w1 and w2 run 2 times each", "repetitions: dronehub-sqlite w1: 2 runs", "repetitions: dronehub-azure w2: 2 runs",
+		"× the median", "azure ceiling (raw SDK, concurrency 4): enqueue ", "dequeue+delete ", "point read ", "batch of 10 ",
+		"20 operations of each kind", "dronehub-azure w1: the worker made"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("the table does not show %q:\n%s", want, table.String())
+		}
+	}
+	if strings.Contains(table.String(), "ceiling   ") {
+		t.Errorf("the ceiling has a row in the task-hub table:\n%s", table.String())
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	for _, key := range []string{`"repetitions":{"seconds":[`, `"slowestToMedian":`, `"exactlyOnce":`, `"ceiling":{`, `"dequeueDelete":`, `"requestsPerSecondOfCeiling":`} {
+		if !bytes.Contains(b, []byte(key)) {
+			t.Errorf("the JSON has no %s:\n%s", key, b)
+		}
+	}
+}
+
+// Repeat and CeilingOps are checked, and the ceiling runs on dronehub-azure
+// only.
+func TestRepeatAndCeilingOptions(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	for _, tc := range []struct {
+		opts bench.Options
+		want string
+	}{
+		{bench.Options{Repeat: -1}, "Options.Repeat is -1; want 1-100"},
+		{bench.Options{Repeat: 101}, "Options.Repeat is 101; want 1-100"},
+		{bench.Options{CeilingOps: -1}, "Options.CeilingOps is -1; want 1-100000"},
+		{bench.Options{CeilingOps: 100_001}, "Options.CeilingOps is 100001; want 1-100000"},
+	} {
+		tc.opts.Engines = []string{bench.DtgoSQLiteMemory}
+		if rep, err := bench.Run(ctx, tc.opts); err == nil || rep != nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Run(%+v): %v, want %q", tc.opts, err, tc.want)
+		}
+	}
+	if _, err := bench.OpenEngine(ctx, bench.DtgoSQLiteMemory, bench.Options{Workloads: []string{bench.Ceiling}}); err == nil ||
+		!strings.Contains(err.Error(), "ceiling runs on dronehub-azure only") {
+		t.Errorf("opening a baseline for the ceiling only: %v, want a refusal", err)
+	}
+	e, err := bench.OpenEngine(ctx, bench.DronehubSQLite, tiny(t))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer e.Close(ctx)
+	if r, err := e.Run(ctx, bench.Ceiling); err == nil || r != nil || !strings.Contains(err.Error(), "ceiling runs on dronehub-azure only") {
+		t.Errorf("the ceiling on dronehub-sqlite: %+v, %v", r, err)
 	}
 }

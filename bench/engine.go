@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,11 +58,19 @@ type Engine struct {
 
 // OpenEngine opens the named engine with opts' concurrency and storage,
 // starts its worker and warms it up with one orchestration of each shape.
-// opts.Engines is ignored. When opts.Workloads names only W3 and W4, which
-// run a dronehub worker of their own on fresh storage, the engine opens no
-// worker (and Run refuses the other workloads).
+// opts.Engines is ignored. When opts.Workloads names only W3, W4 and
+// Ceiling, which run a dronehub worker of their own on fresh storage or
+// none at all, the engine opens no worker (and Run refuses the other
+// workloads).
 func OpenEngine(ctx context.Context, name string, opts Options) (*Engine, error) {
-	stack := needsTaskHub(opts.Workloads)
+	// Ceiling needs no task-hub stack either: without it, the stack is
+	// needed as needsTaskHub says, if anything is left to run.
+	rest := slices.DeleteFunc(slices.Clone(opts.Workloads), isCeiling)
+	stack := needsTaskHub(rest) && (len(rest) > 0 || len(opts.Workloads) == 0)
+	ceilingOnly := len(opts.Workloads) > 0 && len(rest) == 0
+	if ceilingOnly && name != DronehubAzure {
+		return nil, fmt.Errorf("open engine %s: %s runs on %s only: it measures Azure Storage", name, Ceiling, DronehubAzure)
+	}
 	opts.Engines, opts.Workloads = []string{name}, nil
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
@@ -78,6 +87,9 @@ func OpenEngine(ctx context.Context, name string, opts Options) (*Engine, error)
 		}
 	} else {
 		err = e.openSimOnly()
+		if err == nil && ceilingOnly {
+			e.storage, err = ceilingStorage(e.opts.AzureConnectionString)
+		}
 	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open engine %s: %w", name, err), e.Close(context.WithoutCancel(ctx)))

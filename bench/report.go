@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"slices"
 	"time"
 )
 
@@ -55,6 +56,10 @@ type Settings struct {
 	W2Fanout         int      `json:"w2Fanout"`
 	SoloRuns         int      `json:"soloRuns"`
 	Concurrency      int      `json:"concurrency"`
+	// Repeat is how many times W1 and W2 ran on each engine; CeilingOps
+	// how many operations of each kind Ceiling did.
+	Repeat     int `json:"repeat"`
+	CeilingOps int `json:"ceilingOps"`
 	// W3 and W4's sizes (see Options).
 	W3Missions        int     `json:"w3Missions"`
 	W3FrameIntervalMs float64 `json:"w3FrameIntervalMs"`
@@ -71,6 +76,7 @@ func settingsOf(o Options) Settings {
 		W1Orchestrations: o.W1Orchestrations, W1Steps: SequenceSteps,
 		W2Orchestrations: o.W2Orchestrations, W2Fanout: o.W2Fanout,
 		SoloRuns: o.SoloRuns, Concurrency: o.Concurrency,
+		Repeat: o.Repeat, CeilingOps: o.CeilingOps,
 		W3Missions: o.W3Missions, W3FrameIntervalMs: float64(o.W3FrameInterval) / float64(time.Millisecond),
 		W3SpeedMps: o.W3SpeedMps, W3Batch: o.W3Batch,
 		W4Drones: o.W4Drones, W4FramesPerDrone: o.W4FramesPerDrone, W4Batch: o.W4Batch,
@@ -92,7 +98,12 @@ type EngineInfo struct {
 // turn that completed the mission), Activities are the mission activities
 // that returned without error, ActivitiesPerOrchestration is 0 (it varies),
 // and Missions has the rest. W4 runs no orchestration: its figures are in
-// Ingest, with the common CPU, RSS and request fields.
+// Ingest, with the common CPU, RSS and request fields. Ceiling runs no
+// orchestration either: its figures are in Ceiling, and Seconds is the sum
+// of its four measured windows.
+//
+// When W1 and W2 ran more than once (Options.Repeat), the figures are the
+// median run's and Repetitions has every run's window.
 type Result struct {
 	Engine   string `json:"engine"`
 	Workload string `json:"workload"`
@@ -125,6 +136,14 @@ type Result struct {
 	// window, when the backend counts them (taskhub.RequestCounter). The
 	// client has a backend of its own, not counted.
 	Requests *Requests `json:"requests,omitempty"`
+	// RequestsPerSecondOfCeiling, for DronehubAzure's W1 and W2 when
+	// Ceiling ran on it in the same bench, is Requests.PerSecond divided by
+	// Ceiling.RequestsPerSecond: the share of the storage's raw request
+	// rate at the same concurrency that the engine's worker used.
+	RequestsPerSecondOfCeiling float64 `json:"requestsPerSecondOfCeiling,omitempty"`
+	// Repetitions, for W1 and W2 run more than once (Options.Repeat), has
+	// every run's window; the other figures are the median run's.
+	Repetitions *Repetitions `json:"repetitions,omitempty"`
 	// CPUSeconds is the process's user and system CPU time over the window
 	// (getrusage): the workers, the in-process client and the bench's own
 	// bookkeeping; CPUPerActivityUs divides it by Activities. Zero where
@@ -145,6 +164,92 @@ type Result struct {
 	Missions *MissionFigures `json:"missions,omitempty"`
 	// Ingest holds W4's figures; nil for other workloads.
 	Ingest *IngestFigures `json:"ingest,omitempty"`
+	// Ceiling holds Ceiling's figures; nil for other workloads.
+	Ceiling *CeilingFigures `json:"ceiling,omitempty"`
+}
+
+// Repetitions are the runs of a W1 or W2 run Options.Repeat times back to
+// back on the same engine, each on fresh instance ids.
+type Repetitions struct {
+	// Seconds is each run's window, in the order they ran.
+	Seconds []float64 `json:"seconds"`
+	// Median is the run (1-based, in Seconds' order) whose figures the
+	// Result reports: the median by window, the faster of the two middle
+	// runs for an even count.
+	Median int `json:"median"`
+	// SlowestToMedian is the slowest run's window divided by the median
+	// run's: at least 1 (issue #8 asks for no run above 2).
+	SlowestToMedian float64 `json:"slowestToMedian"`
+	// ActivityExecutions is each run's count of activity function runs,
+	// and ExactlyOnce whether in every run it equalled Result.Activities:
+	// every activity ran exactly once (every orchestration completed, so
+	// each ran at least once).
+	ActivityExecutions []int `json:"activityExecutions"`
+	ExactlyOnce        bool  `json:"exactlyOnce"`
+}
+
+// CeilingFigures are Ceiling's figures: the raw rate of an Azure Storage
+// account (or Azurite) through the Azure SDK's clients, without an engine:
+// OpsPerKind operations of each kind, Concurrency at a time, on a scratch
+// queue and table created for it and deleted after. The kinds run one after the other: enqueue,
+// dequeue+delete (of the messages enqueued), batch, point read (of the rows
+// the batches wrote).
+type CeilingFigures struct {
+	// Storage names the account (without secrets) and the scratch queue
+	// and table.
+	Storage     string `json:"storage"`
+	OpsPerKind  int    `json:"opsPerKind"`
+	Concurrency int    `json:"concurrency"`
+	// Enqueue is one message (64 bytes) put on the queue per operation.
+	Enqueue CeilingKind `json:"enqueue"`
+	// DequeueDelete is one message dequeued then deleted per operation (two
+	// requests).
+	DequeueDelete CeilingKind `json:"dequeueDelete"`
+	// PointRead is one GetEntity of an existing row per operation.
+	PointRead CeilingKind `json:"pointRead"`
+	// Batch is one transaction of 10 upserts (InsertReplace) in a partition
+	// of its own per operation.
+	Batch CeilingKind `json:"batch"`
+	// RequestsPerSecond is the four kinds' requests over the sum of their
+	// windows: the rate of a mix with as many operations of each kind.
+	RequestsPerSecond float64 `json:"requestsPerSecond"`
+}
+
+// CeilingKind is one kind of operation of Ceiling.
+type CeilingKind struct {
+	// Ops operations made Requests storage requests over Seconds, from the
+	// first one's start to the last one's end: PerSecond operations a
+	// second.
+	Ops       int     `json:"ops"`
+	Requests  int     `json:"requests"`
+	Seconds   float64 `json:"seconds"`
+	PerSecond float64 `json:"perSecond"`
+	// LatencyMs is each operation's time (for DequeueDelete, both
+	// requests).
+	LatencyMs Percentiles `json:"latencyMs"`
+	// Empty counts the dequeues that found no message visible and were
+	// tried again (DequeueDelete only).
+	Empty int `json:"empty,omitempty"`
+}
+
+// kinds returns the four kinds with their names.
+func (c *CeilingFigures) kinds() []struct {
+	name string
+	k    CeilingKind
+} {
+	return []struct {
+		name string
+		k    CeilingKind
+	}{{"enqueue", c.Enqueue}, {"dequeue+delete", c.DequeueDelete}, {"point read", c.PointRead}, {"batch of 10", c.Batch}}
+}
+
+// operations is the number of operations of every kind.
+func (c *CeilingFigures) operations() int {
+	n := 0
+	for _, k := range c.kinds() {
+		n += k.k.Ops
+	}
+	return n
 }
 
 // MissionFigures are W3's figures beyond the common ones.
@@ -247,6 +352,10 @@ func (r Result) Solo() bool { return r.Workload == SoloW1 || r.Workload == SoloW
 // the simulator instead of the bench's orchestrations.
 func (r Result) Simulated() bool { return r.Missions != nil || r.Ingest != nil }
 
+// TaskHub reports whether r is W1, W2 or a solo workload, which ran the
+// bench's orchestrations on the engine's task-hub stack.
+func (r Result) TaskHub() bool { return !r.Simulated() && r.Ceiling == nil }
+
 // Percentiles of a set of durations, in milliseconds (nearest rank: with 20
 // samples, P99 is the largest).
 type Percentiles struct {
@@ -258,7 +367,9 @@ type Percentiles struct {
 
 // Requests are storage requests counted during a window.
 type Requests struct {
-	Total            int64   `json:"total"`
+	Total int64 `json:"total"`
+	// PerSecond is Total over the window.
+	PerSecond        float64 `json:"perSecond"`
 	PerActivity      float64 `json:"perActivity"`
 	PerOrchestration float64 `json:"perOrchestration"`
 	// PerFrame is per telemetry frame posted (W3 and W4).
@@ -313,6 +424,22 @@ func (r *Report) compare() {
 			v.GapP50 = ratio(res.GapMs.P50, b.GapMs.P50)
 		}
 		res.VsBaseline = v
+	}
+}
+
+// relateToCeiling sets RequestsPerSecondOfCeiling on DronehubAzure's W1 and
+// W2 results when Ceiling ran on DronehubAzure too.
+func (r *Report) relateToCeiling() {
+	i := slices.IndexFunc(r.Results, func(res Result) bool { return res.Engine == DronehubAzure && res.Ceiling != nil })
+	if i < 0 {
+		return
+	}
+	c := r.Results[i].Ceiling
+	for j := range r.Results {
+		res := &r.Results[j]
+		if res.Engine == DronehubAzure && (res.Workload == W1 || res.Workload == W2) && res.Requests != nil {
+			res.RequestsPerSecondOfCeiling = ratio(res.Requests.PerSecond, c.RequestsPerSecond)
+		}
 	}
 }
 

@@ -157,8 +157,9 @@ func (r *recorder) gaps(ids []string, steps int) []time.Duration {
 	return out
 }
 
-// Run runs one workload (W1, W2, SoloW1, SoloW2, W3 or W4) on the engine
-// and measures it. Workloads run one at a time on an engine. On error the
+// Run runs one workload (W1, W2, SoloW1, SoloW2, Ceiling, W3 or W4) on the
+// engine and measures it; W1 and W2 Options.Repeat times, reporting the
+// median run. Workloads run one at a time on an engine. On error the
 // result is nil, except when W3 ran but a mission failed, or W4 ran but
 // its ground truth check failed: the figures are returned with the error.
 func (e *Engine) Run(ctx context.Context, workload string) (*Result, error) {
@@ -169,7 +170,10 @@ func (e *Engine) Run(ctx context.Context, workload string) (*Result, error) {
 	if !slices.Contains(AllWorkloadNames(), workload) {
 		return nil, fmt.Errorf("bench: unknown workload %q; known: %v", workload, AllWorkloadNames())
 	}
-	if !e.stack && !simWorkload(workload) {
+	if workload == Ceiling && e.name != DronehubAzure {
+		return nil, fmt.Errorf("bench: %s runs on %s only: it measures Azure Storage, which %s does not use", Ceiling, DronehubAzure, e.name)
+	}
+	if !e.stack && !simWorkload(workload) && workload != Ceiling {
 		return nil, fmt.Errorf("bench: engine %s was opened for %s and %s only (Options.Workloads); open it with %s among its workloads",
 			e.name, W3, W4, workload)
 	}
@@ -179,9 +183,11 @@ func (e *Engine) Run(ctx context.Context, workload string) (*Result, error) {
 	}
 	switch workload {
 	case W1:
-		r, err = e.batch(ctx, workload, sequenceName, e.opts.W1Orchestrations, SequenceSteps)
+		r, err = e.repeated(ctx, workload, sequenceName, e.opts.W1Orchestrations, SequenceSteps)
 	case W2:
-		r, err = e.batch(ctx, workload, fanOutName, e.opts.W2Orchestrations, e.opts.W2Fanout)
+		r, err = e.repeated(ctx, workload, fanOutName, e.opts.W2Orchestrations, e.opts.W2Fanout)
+	case Ceiling:
+		r, err = e.ceiling(ctx)
 	case SoloW1:
 		r, err = e.solo(ctx, workload, sequenceName, SequenceSteps)
 	case SoloW2:
@@ -196,21 +202,76 @@ func (e *Engine) Run(ctx context.Context, workload string) (*Result, error) {
 	if err != nil {
 		return r, fmt.Errorf("%s on %s: %w", workload, e.name, err)
 	}
+	if q := r.Requests; q != nil && r.Seconds > 0 {
+		q.PerSecond = float64(q.Total) / r.Seconds
+	}
 	done, unit := r.Orchestrations, ""
 	switch {
 	case r.Missions != nil:
 		unit = "missions"
 	case r.Ingest != nil:
 		done, unit = r.Ingest.Frames, "frames"
+	case r.Ceiling != nil:
+		done, unit = r.Ceiling.operations(), "operations"
 	}
 	e.progress(Progress{Engine: e.name, Workload: workload, Done: done, Total: done, Unit: unit,
 		Elapsed: time.Duration(r.Seconds * float64(time.Second)), Result: r})
 	return r, nil
 }
 
+// repeated runs batch Options.Repeat times back to back, each time on
+// fresh instance ids, and returns the median run's result with every run's
+// window in Repetitions (when there is more than one run).
+func (e *Engine) repeated(ctx context.Context, workload, orchestrator string, n, width int) (*Result, error) {
+	runs := e.opts.Repeat
+	if runs <= 1 {
+		return e.batch(ctx, workload, orchestrator, n, width, 0)
+	}
+	results := make([]*Result, runs)
+	for i := range results {
+		r, err := e.batch(ctx, workload, orchestrator, n, width, i+1)
+		if err != nil {
+			return nil, fmt.Errorf("run %d of %d: %w", i+1, runs, err)
+		}
+		results[i] = r
+	}
+	return medianRun(results), nil
+}
+
+// medianRun returns the result of the median run of results (for an even
+// count, the faster of the two middle ones), with the runs' figures in
+// Repetitions.
+func medianRun(results []*Result) *Result {
+	order := make([]int, len(results))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return results[order[a]].Seconds < results[order[b]].Seconds })
+	mid := order[(len(order)-1)/2]
+	rep := &Repetitions{
+		Seconds:            make([]float64, len(results)),
+		ActivityExecutions: make([]int, len(results)),
+		Median:             mid + 1,
+		ExactlyOnce:        true,
+	}
+	slowest := 0.0
+	for i, r := range results {
+		rep.Seconds[i], rep.ActivityExecutions[i] = r.Seconds, r.ActivityExecutions
+		slowest = max(slowest, r.Seconds)
+		if r.ActivityExecutions != r.Activities {
+			rep.ExactlyOnce = false
+		}
+	}
+	rep.SlowestToMedian = ratio(slowest, results[mid].Seconds)
+	r := *results[mid]
+	r.Repetitions = rep
+	return &r
+}
+
 // batch schedules n orchestrations at once, Concurrency at a time, and
-// waits for all of them.
-func (e *Engine) batch(ctx context.Context, workload, orchestrator string, n, width int) (*Result, error) {
+// waits for all of them; run is the repetition (1-based) when W1 or W2 is
+// repeated, 0 otherwise.
+func (e *Engine) batch(ctx context.Context, workload, orchestrator string, n, width, run int) (*Result, error) {
 	ids := e.newIDs(workload, n)
 	trk := e.track(ids)
 	defer e.track(nil)
@@ -227,8 +288,12 @@ func (e *Engine) batch(ctx context.Context, workload, orchestrator string, n, wi
 		defer scheduling.Done()
 		sched <- e.scheduleAll(sctx, orchestrator, width, ids, starts)
 	}()
+	runs := 0
+	if run > 0 {
+		runs = e.opts.Repeat
+	}
 	err := e.await(ctx, trk, sched, func() {
-		e.progress(Progress{Engine: e.name, Workload: workload, Done: trk.count(), Total: n, Elapsed: time.Since(w.began)})
+		e.progress(Progress{Engine: e.name, Workload: workload, Done: trk.count(), Total: n, Elapsed: time.Since(w.began), Run: run, Runs: runs})
 	})
 	cancel()
 	scheduling.Wait()

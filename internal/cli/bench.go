@@ -36,70 +36,38 @@ func benchWorkloads(name string) []string {
 		return []string{bench.W3}
 	case "w4":
 		return []string{bench.W4}
+	case "ceiling":
+		return []string{bench.Ceiling}
 	}
 	return nil
 }
 
 // benchWorkloadFlags returns the names --workloads takes.
-func benchWorkloadFlags() []string { return []string{"w1", "w2", "solo", "w3", "w4"} }
+func benchWorkloadFlags() []string { return []string{"w1", "w2", "solo", "w3", "w4", "ceiling"} }
+
+// benchDefaultWorkloads is --workloads' default: the bench's own default
+// (bench.Options.Workloads empty), in which only dronehub-azure runs the
+// ceiling.
+const benchDefaultWorkloads = "w1,w2,solo,ceiling"
 
 type benchFlags struct {
 	w1, w2, fanout, solo, conc          int
+	repeat, ceilingOps                  int
 	w3, w3Batch, w4, w4Frames, w4Batch  int
 	w3Interval                          time.Duration
 	w3Speed                             float64
 	engines, workloads, azure, jsonPath string
 	logLevel                            string
 	timeout                             time.Duration
+	// workloadsGiven is whether --workloads was given: without it, the
+	// bench's default workloads run.
+	workloadsGiven bool
 }
 
 func (a *App) bench(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
-	var f benchFlags
-	fs.IntVar(&f.w1, "w1-orchestrations", bench.DefaultW1Orchestrations, fmt.Sprintf("W1: orchestrations of %d sequential activities, all scheduled at once", bench.SequenceSteps))
-	fs.IntVar(&f.w2, "w2-orchestrations", bench.DefaultW2Orchestrations, "W2: fan-out/fan-in orchestrations, all scheduled at once")
-	fs.IntVar(&f.fanout, "w2-fanout", bench.DefaultW2Fanout, "parallel activities of each W2 (and solo fan-out) orchestration")
-	fs.IntVar(&f.solo, "solo-runs", bench.DefaultSoloRuns, "orchestrations of each shape run one at a time on an idle worker, for the solo latency")
-	fs.IntVar(&f.conc, "concurrency", bench.DefaultConcurrency, "orchestration work items, and activity work items, processed at once (w3, w4: also telemetry posts in flight)")
-	fs.IntVar(&f.w3, "w3-missions", bench.DefaultW3Missions, "W3: delivery missions started at once, one drone each, flown by the simulator")
-	fs.DurationVar(&f.w3Interval, "w3-frame-interval", bench.DefaultW3FrameInterval, "W3: real time between two frames of a drone; each frame is one second of flight")
-	fs.Float64Var(&f.w3Speed, "w3-speed", bench.DefaultW3SpeedMps, "W3: the drones' cruise speed in m/s of flight (time compression: a real drone flies ~15)")
-	fs.IntVar(&f.w3Batch, "w3-batch", bench.DefaultW3Batch, "W3: most frames per telemetry post (a tick's frames are split into posts of this size)")
-	fs.IntVar(&f.w4, "w4-drones", bench.DefaultW4Drones, "W4: drones posting telemetry (no missions)")
-	fs.IntVar(&f.w4Frames, "w4-frames-per-drone", bench.DefaultW4FramesPerDrone, "W4: frames each drone posts")
-	fs.IntVar(&f.w4Batch, "w4-batch", bench.DefaultW4Batch, "W4: frames per telemetry post")
-	fs.StringVar(&f.engines, "engines", "", "comma-separated engines: "+strings.Join(bench.EngineNames(), ", ")+
-		"\n(default all that are available; "+bench.DronehubAzure+" needs --azure or Azurite installed by npm ci)")
-	fs.StringVar(&f.workloads, "workloads", "w1,w2,solo", "comma-separated workloads: w1, w2, solo, w3, w4\n(w3 and w4 take minutes at their default sizes and run only on the dronehub engines: ask for them, e.g. --workloads w3,w4)")
-	fs.StringVar(&f.azure, "azure", "", "Azure Storage connection string for "+bench.DronehubAzure+" [$"+benchAzureEnv+"]; a fresh hub is made and deleted.\nWithout it, a local in-memory Azurite from node_modules is started for the run")
-	fs.StringVar(&f.jsonPath, "json", "", "also write the full results as JSON to this `file`")
-	fs.DurationVar(&f.timeout, "timeout", 30*time.Minute, "give up after this long")
-	fs.StringVar(&f.logLevel, "log-level", "", "log the engines at this level (debug, info, warn, error) to stderr; default quiet")
-	fs.Usage = func() {
-		fmt.Fprintf(a.Stderr, "Usage: dronehub bench [flags]\n\n"+
-			"Measures the task-hub engines in this process: W1 (sequences), W2 (fan-out/fan-in) and solo latency,\n"+
-			"on dronehub's backends and durabletask-go's own SQLite backend. See docs/performance.md.\n\n"+
-			"Not run by default: W3 (delivery missions flown by the simulator, telemetry posted over HTTP, until all\n"+
-			"complete) and W4 (telemetry ingestion into drone state, checked against what was sent), on a dronehub\n"+
-			"worker of their own; they take minutes at their default sizes. Run them with\n"+
-			"  dronehub bench --workloads w3,w4                      (dronehub-sqlite and dronehub-azure)\n"+
-			"  dronehub bench --workloads w1,w2,solo,w3,w4           (everything)\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q: dronehub bench takes only flags (see dronehub bench -h)", fs.Arg(0))
-	}
-	given := map[string]bool{}
-	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
-	if !given["azure"] && a.Env != nil {
-		f.azure = a.Env(benchAzureEnv)
+	f, fs, err := a.parseBenchFlags(args)
+	if err != nil {
+		return err
 	}
 	opts, err := f.options()
 	if err != nil {
@@ -187,6 +155,67 @@ func (a *App) bench(ctx context.Context, args []string) error {
 	return writeBenchJSON(f.jsonPath, rep)
 }
 
+// parseBenchFlags parses dronehub bench's command line (the usage text and
+// flag errors go to Stderr) and takes --azure from the environment when it
+// is not given. The flags are not checked yet: see benchFlags.options.
+func (a *App) parseBenchFlags(args []string) (benchFlags, *flag.FlagSet, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(a.Stderr)
+	var f benchFlags
+	fs.IntVar(&f.w1, "w1-orchestrations", bench.DefaultW1Orchestrations, fmt.Sprintf("W1: orchestrations of %d sequential activities, all scheduled at once", bench.SequenceSteps))
+	fs.IntVar(&f.w2, "w2-orchestrations", bench.DefaultW2Orchestrations, "W2: fan-out/fan-in orchestrations, all scheduled at once")
+	fs.IntVar(&f.fanout, "w2-fanout", bench.DefaultW2Fanout, "parallel activities of each W2 (and solo fan-out) orchestration")
+	fs.IntVar(&f.solo, "solo-runs", bench.DefaultSoloRuns, "orchestrations of each shape run one at a time on an idle worker, for the solo latency")
+	fs.IntVar(&f.repeat, "repeat", bench.DefaultRepeat, "run w1 and w2 this many times back to back on each engine (fresh instance ids each time) and report the\n"+
+		"median run, with every run's time and the slowest run over the median (1-"+fmt.Sprint(bench.MaxRepeat)+"; solo, w3, w4 and ceiling run once)")
+	fs.IntVar(&f.ceilingOps, "ceiling-ops", bench.DefaultCeilingOps, "ceiling: operations of each kind (enqueue, dequeue+delete, point read, batch of 10)")
+	fs.IntVar(&f.conc, "concurrency", bench.DefaultConcurrency, "orchestration work items, and activity work items, processed at once (w3, w4: also telemetry posts in flight)")
+	fs.IntVar(&f.w3, "w3-missions", bench.DefaultW3Missions, "W3: delivery missions started at once, one drone each, flown by the simulator")
+	fs.DurationVar(&f.w3Interval, "w3-frame-interval", bench.DefaultW3FrameInterval, "W3: real time between two frames of a drone; each frame is one second of flight")
+	fs.Float64Var(&f.w3Speed, "w3-speed", bench.DefaultW3SpeedMps, "W3: the drones' cruise speed in m/s of flight (time compression: a real drone flies ~15)")
+	fs.IntVar(&f.w3Batch, "w3-batch", bench.DefaultW3Batch, "W3: most frames per telemetry post (a tick's frames are split into posts of this size)")
+	fs.IntVar(&f.w4, "w4-drones", bench.DefaultW4Drones, "W4: drones posting telemetry (no missions)")
+	fs.IntVar(&f.w4Frames, "w4-frames-per-drone", bench.DefaultW4FramesPerDrone, "W4: frames each drone posts")
+	fs.IntVar(&f.w4Batch, "w4-batch", bench.DefaultW4Batch, "W4: frames per telemetry post")
+	fs.StringVar(&f.engines, "engines", "", "comma-separated engines: "+strings.Join(bench.EngineNames(), ", ")+
+		"\n(default all that are available; "+bench.DronehubAzure+" needs --azure or Azurite installed by npm ci)")
+	fs.StringVar(&f.workloads, "workloads", benchDefaultWorkloads, "comma-separated workloads: w1, w2, solo, w3, w4, ceiling\n"+
+		"(ceiling, the raw rate of the Azure storage through the SDK, runs on "+bench.DronehubAzure+" only; w3 and w4 take minutes at\n"+
+		"their default sizes and run only on the dronehub engines: ask for them, e.g. --workloads w3,w4)")
+	fs.StringVar(&f.azure, "azure", "", "Azure Storage connection string for "+bench.DronehubAzure+" [$"+benchAzureEnv+"]; a fresh hub is made and deleted.\nWithout it, a local in-memory Azurite from node_modules is started for the run")
+	fs.StringVar(&f.jsonPath, "json", "", "also write the full results as JSON to this `file`")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Minute, "give up after this long")
+	fs.StringVar(&f.logLevel, "log-level", "", "log the engines at this level (debug, info, warn, error) to stderr; default quiet")
+	fs.Usage = func() {
+		fmt.Fprintf(a.Stderr, "Usage: dronehub bench [flags]\n\n"+
+			"Measures the task-hub engines in this process: W1 (sequences), W2 (fan-out/fan-in) and solo latency,\n"+
+			"on dronehub's backends and durabletask-go's own SQLite backend, and on "+bench.DronehubAzure+" the raw\n"+
+			"ceiling of its storage (enqueue, dequeue+delete, point read, batch of 10 through the SDK). See docs/performance.md.\n\n"+
+			"Not run by default: W3 (delivery missions flown by the simulator, telemetry posted over HTTP, until all\n"+
+			"complete) and W4 (telemetry ingestion into drone state, checked against what was sent), on a dronehub\n"+
+			"worker of their own; they take minutes at their default sizes. Run them with\n"+
+			"  dronehub bench --workloads w3,w4                      (dronehub-sqlite and dronehub-azure)\n"+
+			"  dronehub bench --workloads w1,w2,solo,ceiling,w3,w4   (everything)\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return f, nil, err
+		}
+		return f, nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		return f, nil, fmt.Errorf("unexpected argument %q: dronehub bench takes only flags (see dronehub bench -h)", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	f.workloadsGiven = given["workloads"]
+	if !given["azure"] && a.Env != nil {
+		f.azure = a.Env(benchAzureEnv)
+	}
+	return f, fs, nil
+}
+
 // writeBenchJSON writes the report to path as indented JSON; nothing if
 // path is "".
 func writeBenchJSON(path string, rep *bench.Report) error {
@@ -216,6 +245,8 @@ func (f benchFlags) options() (bench.Options, error) {
 	size("w2-fanout", f.fanout, bench.MaxFanout)
 	size("solo-runs", f.solo, bench.MaxOrchestrations)
 	size("concurrency", f.conc, bench.MaxConcurrency)
+	size("repeat", f.repeat, bench.MaxRepeat)
+	size("ceiling-ops", f.ceilingOps, bench.MaxCeilingOps)
 	size("w3-missions", f.w3, bench.MaxDrones)
 	size("w3-batch", f.w3Batch, domain.MaxFramesPerBatch)
 	size("w4-drones", f.w4, bench.MaxDrones)
@@ -250,6 +281,11 @@ func (f benchFlags) options() (bench.Options, error) {
 	for _, n := range names {
 		workloads = append(workloads, benchWorkloads(n)...)
 	}
+	if !f.workloadsGiven && f.workloads == benchDefaultWorkloads {
+		// The bench's default: the ceiling on dronehub-azure only, and no
+		// note that the other engines skipped it.
+		workloads = nil
+	}
 	if len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, err := range errs {
@@ -261,6 +297,7 @@ func (f benchFlags) options() (bench.Options, error) {
 		Engines: engines, Workloads: workloads,
 		W1Orchestrations: f.w1, W2Orchestrations: f.w2, W2Fanout: f.fanout, SoloRuns: f.solo,
 		Concurrency: f.conc, AzureConnectionString: f.azure,
+		Repeat: f.repeat, CeilingOps: f.ceilingOps,
 		W3Missions: f.w3, W3FrameInterval: f.w3Interval, W3SpeedMps: f.w3Speed, W3Batch: f.w3Batch,
 		W4Drones: f.w4, W4FramesPerDrone: f.w4Frames, W4Batch: f.w4Batch,
 	}, nil
@@ -310,10 +347,19 @@ func (p *benchProgress) update(pr bench.Progress) {
 		case r.Ingest != nil:
 			line = fmt.Sprintf("%s %s: %d frames in %s, %.0f frames/s, %d/%d drones checked", r.Engine, r.Workload,
 				r.Ingest.Frames, took, r.Ingest.FramesPerSecond, r.Ingest.VerifiedDrones, r.Ingest.Drones)
+		case r.Ceiling != nil:
+			c := r.Ceiling
+			line = fmt.Sprintf("%s %s: %d operations of each kind in %s: enqueue %.0f/s, dequeue+delete %.0f/s, point read %.0f/s, batch of 10 %.0f/s",
+				r.Engine, r.Workload, c.OpsPerKind, took, c.Enqueue.PerSecond, c.DequeueDelete.PerSecond, c.PointRead.PerSecond, c.Batch.PerSecond)
 		default:
 			line = fmt.Sprintf("%s %s: %d×%d in %s, p50 %.1fms", r.Engine, r.Workload, r.Orchestrations, r.ActivitiesPerOrchestration, took, r.LatencyMs.P50)
 			if !r.Solo() {
 				line += fmt.Sprintf(", %.0f activities/s", r.ActivitiesPerSecond)
+			}
+			if p := r.Repetitions; p != nil && len(p.Seconds) > 1 {
+				sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)).Round(time.Millisecond) }
+				line += fmt.Sprintf(" (median of %d runs, %s–%s, slowest %.2f× the median)",
+					len(p.Seconds), sec(slices.Min(p.Seconds)), sec(slices.Max(p.Seconds)), p.SlowestToMedian)
 			}
 		}
 		fmt.Fprintln(p.w, line)
@@ -330,6 +376,9 @@ func (p *benchProgress) update(pr bench.Progress) {
 			unit = "orchestrations"
 		}
 		what = fmt.Sprintf("%s %d/%d %s", pr.Workload, pr.Done, pr.Total, unit)
+		if pr.Runs > 1 {
+			what = fmt.Sprintf("%s run %d/%d %d/%d %s", pr.Workload, pr.Run, pr.Runs, pr.Done, pr.Total, unit)
+		}
 	}
 	fmt.Fprintf(p.w, "\r\033[K%s: %s, %.0fs", pr.Engine, what, pr.Elapsed.Seconds())
 	p.drawn = true

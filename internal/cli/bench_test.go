@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,11 @@ func TestBenchRejectsBadFlagsNamingThem(t *testing.T) {
 		{"fan-out too wide", []string{"--w2-fanout", "5000"}, 1, []string{"--w2-fanout 5000", "1-1000"}},
 		{"no solo runs", []string{"--solo-runs", "0"}, 1, []string{"--solo-runs 0"}},
 		{"no concurrency", []string{"--concurrency", "0"}, 1, []string{"--concurrency 0", "1-1024"}},
+		{"no repetition", []string{"--repeat", "0"}, 1, []string{"--repeat 0", "1-100"}},
+		{"too many repetitions", []string{"--repeat", "101"}, 1, []string{"--repeat 101", "1-100"}},
+		{"no ceiling ops", []string{"--ceiling-ops", "0"}, 1, []string{"--ceiling-ops 0", "1-100000"}},
+		{"too many ceiling ops", []string{"--ceiling-ops", "100001"}, 1, []string{"--ceiling-ops 100001", "1-100000"}},
+		{"repeat not a number", []string{"--repeat", "twice"}, 2, []string{"repeat"}},
 		{"zero timeout", []string{"--timeout", "0s"}, 1, []string{"--timeout 0s", "positive"}},
 		{"no missions", []string{"--w3-missions", "0"}, 1, []string{"--w3-missions 0", "1-100000"}},
 		{"batch too big", []string{"--w3-batch", "1001"}, 1, []string{"--w3-batch 1001", "1-1000"}},
@@ -73,7 +79,7 @@ func TestBenchHelpListsEveryFlag(t *testing.T) {
 	for _, f := range []string{"--w1-orchestrations", "--w2-orchestrations", "--w2-fanout", "--solo-runs", "--concurrency",
 		"--engines", "--workloads", "--azure", "--json", "--timeout", benchAzureEnv,
 		"--w3-missions", "--w3-frame-interval", "--w3-speed", "--w3-batch", "--w4-drones", "--w4-frames-per-drone", "--w4-batch",
-		"--workloads w3,w4"} {
+		"--workloads w3,w4", "--repeat", "--ceiling-ops", "ceiling", "solo, w3, w4 and ceiling run once"} {
 		if !strings.Contains(errOut, strings.TrimPrefix(f, "-")) {
 			t.Errorf("help does not mention %s:\n%s", f, errOut)
 		}
@@ -153,5 +159,66 @@ func TestBenchSimulatedWorkloads(t *testing.T) {
 	if len(rep.Results) != 2 || rep.Results[0].Ingest == nil || rep.Results[1].Missions == nil ||
 		rep.Results[1].Missions.Failed != 0 || rep.Flags["w3-speed"] != "600" || rep.Settings.W4Batch != 4 {
 		t.Errorf("JSON results %+v, flags %v, settings %+v", rep.Results, rep.Flags, rep.Settings)
+	}
+}
+
+// The flags become the bench's options: --repeat and --ceiling-ops as
+// given; without --workloads, the bench's default (the ceiling on
+// dronehub-azure only), with it exactly the workloads named.
+func TestBenchFlagsToOptions(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args       []string
+		repeat     int
+		ceilingOps int
+		workloads  []string
+	}{
+		{nil, 1, 2000, nil},
+		{[]string{"--repeat", "3", "--ceiling-ops", "20"}, 3, 20, nil},
+		{[]string{"--workloads", "w1,ceiling", "--repeat", "100"}, 100, 2000, []string{bench.W1, bench.Ceiling}},
+		{[]string{"--workloads", "w1,w2,solo,ceiling"}, 1, 2000, []string{bench.W1, bench.W2, bench.SoloW1, bench.SoloW2, bench.Ceiling}},
+	} {
+		var errOut bytes.Buffer
+		a := &App{Stdout: &bytes.Buffer{}, Stderr: &errOut, Env: func(string) string { return "" }}
+		f, _, err := a.parseBenchFlags(tc.args)
+		if err != nil {
+			t.Errorf("%v: %v\n%s", tc.args, err, errOut.String())
+			continue
+		}
+		opts, err := f.options()
+		if err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+			continue
+		}
+		if opts.Repeat != tc.repeat || opts.CeilingOps != tc.ceilingOps || !slices.Equal(opts.Workloads, tc.workloads) {
+			t.Errorf("%v: repeat %d, ceiling ops %d, workloads %q; want %d, %d, %q",
+				tc.args, opts.Repeat, opts.CeilingOps, opts.Workloads, tc.repeat, tc.ceilingOps, tc.workloads)
+		}
+	}
+}
+
+func TestBenchProgressShowsRepetitionsAndCeiling(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	p := &benchProgress{w: &buf, tty: true}
+	p.update(bench.Progress{Engine: bench.DronehubAzure, Workload: bench.W1, Done: 3, Total: 10, Run: 2, Runs: 3})
+	if !strings.Contains(buf.String(), "w1 run 2/3 3/10 orchestrations") {
+		t.Errorf("terminal progress %q does not show the run", buf.String())
+	}
+	buf.Reset()
+	p = &benchProgress{w: &buf}
+	p.update(bench.Progress{Engine: bench.DronehubAzure, Workload: bench.W1, Result: &bench.Result{
+		Engine: bench.DronehubAzure, Workload: bench.W1, Orchestrations: 10, ActivitiesPerOrchestration: 5, Seconds: 0.25, ActivitiesPerSecond: 200,
+		Repetitions: &bench.Repetitions{Seconds: []float64{0.3, 0.25, 0.2}, Median: 2, SlowestToMedian: 1.2},
+	}})
+	p.update(bench.Progress{Engine: bench.DronehubAzure, Workload: bench.Ceiling, Result: &bench.Result{
+		Engine: bench.DronehubAzure, Workload: bench.Ceiling, Seconds: 2,
+		Ceiling: &bench.CeilingFigures{OpsPerKind: 20, Enqueue: bench.CeilingKind{PerSecond: 100}, DequeueDelete: bench.CeilingKind{PerSecond: 50},
+			PointRead: bench.CeilingKind{PerSecond: 300}, Batch: bench.CeilingKind{PerSecond: 40}},
+	}})
+	want := "dronehub-azure w1: 10×5 in 250ms, p50 0.0ms, 200 activities/s (median of 3 runs, 200ms–300ms, slowest 1.20× the median)\n" +
+		"dronehub-azure ceiling: 20 operations of each kind in 2s: enqueue 100/s, dequeue+delete 50/s, point read 300/s, batch of 10 40/s\n"
+	if buf.String() != want {
+		t.Errorf("non-terminal progress\n%q, want\n%q", buf.String(), want)
 	}
 }
