@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/microsoft/durabletask-go/api"
@@ -135,18 +136,20 @@ func (in *Ingestor) Ingest(ctx context.Context, frames []domain.DecodedFrame) (I
 		}
 		byDrone[df.Frame.DeviceID] = append(byDrone[df.Frame.DeviceID], i)
 	}
-	var errs []error
-	for _, id := range order {
-		n, err := in.ingestDrone(ctx, id, frames, byDrone[id], res.Frames)
-		res.Signals += n
+	if len(order) > 0 {
+		n, err := in.ingestDrones(ctx, order, byDrone, frames, res.Frames)
+		res.Signals = n
 		if err != nil {
-			errs = append(errs, err)
+			for _, fv := range res.Frames {
+				res.count(fv.Verdict)
+			}
+			return res, err
 		}
 	}
 	for _, fv := range res.Frames {
 		res.count(fv.Verdict)
 	}
-	return res, errors.Join(errs...)
+	return res, nil
 }
 
 // maxSignalsPerBatch bounds the signals one drone's part of a batch raises;
@@ -154,74 +157,92 @@ func (in *Ingestor) Ingest(ctx context.Context, frames []domain.DecodedFrame) (I
 // on because phases advance on the newest state.
 const maxSignalsPerBatch = 16
 
-func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.DecodedFrame, idx []int, out []FrameVerdict) (int, error) {
+// signalsAtOnce bounds the drones whose signals are being raised at once.
+const signalsAtOnce = 8
+
+// droneOutcome is what applying a batch's frames to one drone decided.
+type droneOutcome struct {
+	signals   []domain.Signal
+	key       string // the signal key after the frames
+	missionID string
+}
+
+// ingestDrones applies each drone's frames in one update of all the
+// drones (fleet.Store.UpdateDrones), raises the signals the updates
+// decided, each drone's in order, and records in one more update which
+// drones' signals were raised. It returns the signals raised.
+//
+// Invariant: a drone's SignalPending is set by the update that decides a
+// signal and cleared only after the signal was raised, by an update that
+// finds no newer frame; so a crash or a failed raise between the two
+// leaves it set, and the drone's next frame raises its state again.
+func (in *Ingestor) ingestDrones(ctx context.Context, ids []string, byDrone map[string][]int, frames []domain.DecodedFrame, out []FrameVerdict) (int, error) {
 	now := in.opts.Now()
-	var signals []domain.Signal
-	var key, missionID string
-	d, err := in.store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
-		// UpdateDrone may retry fn on a lost race: compute everything afresh.
-		signals, key, missionID = nil, d.LastSignalKey, d.MissionID
-		bound := d.MissionID != "" && d.Route != nil
-		for _, i := range idx {
-			v, reason := d.Tracked.Apply(frames[i].Frame)
-			out[i].Verdict, out[i].Reason = v, reason
-			if v != domain.VerdictAccepted {
-				continue
-			}
-			d.Frames++
-			d.LastFrameAt = now
-			if !bound {
-				continue
-			}
-			if d.RoutePhase == "" {
-				d.RoutePhase = domain.PhaseHeadedToPickup
-			}
-			d.RoutePhase = domain.Advance(d.RoutePhase, *d.Route, *d.Tracked.State, in.opts.ArrivalRadiusM)
-			// Every meaningful change within the batch is raised, in order:
-			// a landing and a takeoff in one batch are both phase changes.
-			if k := in.signalKey(*d.Tracked.State, *d.Route) + "|" + string(d.RoutePhase); k != key {
-				key = k
-				signals = append(signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
-			}
-		}
-		if bound && len(signals) == 0 && d.Tracked.State != nil && (d.SignalPending || now.Sub(d.LastSignalAt) >= in.opts.Heartbeat) {
-			signals = append(signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
-		}
-		d.SignalPending = len(signals) > 0
-		if len(signals) > maxSignalsPerBatch {
-			signals = append(signals[:maxSignalsPerBatch-1], signals[len(signals)-1])
-		}
+	outcomes := make(map[string]droneOutcome, len(ids))
+	ups, err := in.store.UpdateDrones(ctx, ids, func(d *fleet.Drone) error {
+		// fn may run again for a drone on a lost race: compute everything afresh.
+		outcomes[d.ID] = in.apply(d, frames, byDrone[d.ID], out, now)
 		return nil
 	})
-	if errors.Is(err, fleet.ErrDroneNotFound) {
-		for _, i := range idx {
-			out[i].Verdict = domain.VerdictRejected
-			out[i].Reason = fmt.Sprintf("drone %q is not in the fleet; register it with POST /api/drones", id)
-		}
-		return 0, nil
-	}
 	if err != nil {
-		for _, i := range idx {
-			out[i].Verdict = domain.VerdictRejected
-			out[i].Reason = "storage error; send the batch again"
+		for _, id := range ids {
+			for _, i := range byDrone[id] {
+				out[i].Verdict, out[i].Reason = domain.VerdictRejected, "storage error; send the batch again"
+			}
 		}
-		return 0, fmt.Errorf("ingest telemetry for drone %s: %w", id, err)
+		return 0, fmt.Errorf("ingest telemetry: %w", err)
 	}
-	if len(signals) == 0 || in.signal == nil {
-		return 0, nil
+	var errs []error
+	var raise []string
+	for k, id := range ids {
+		switch err := ups[k].Err; {
+		case errors.Is(err, fleet.ErrDroneNotFound):
+			for _, i := range byDrone[id] {
+				out[i].Verdict = domain.VerdictRejected
+				out[i].Reason = fmt.Sprintf("drone %q is not in the fleet; register it with POST /api/drones", id)
+			}
+		case err != nil:
+			for _, i := range byDrone[id] {
+				out[i].Verdict, out[i].Reason = domain.VerdictRejected, "storage error; send the batch again"
+			}
+			errs = append(errs, fmt.Errorf("ingest telemetry for drone %s: %w", id, err))
+		case len(outcomes[id].signals) > 0 && in.signal != nil:
+			raise = append(raise, id)
+		}
+	}
+	if len(raise) == 0 {
+		return 0, errors.Join(errs...)
 	}
 	// Signals are raised after the state commit and recorded only once all
-	// were raised: if raising fails, the next frame raises the change again.
-	for _, sig := range signals {
-		payload, _ := json.Marshal(sig)
-		if err := in.signal.RaiseEvent(ctx, api.InstanceID(missionID), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
-			in.log.Warn("raise telemetry signal failed; it is raised again with the next frame", "drone", id, "mission", missionID, "err", err)
-			return 0, nil
+	// of a drone's were raised: if raising fails, the next frame raises the
+	// change again.
+	raised := make([]bool, len(raise))
+	sem := make(chan struct{}, signalsAtOnce)
+	var wg sync.WaitGroup
+	for k, id := range raise {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			raised[k] = in.raise(ctx, id, outcomes[id])
+		}()
+	}
+	wg.Wait()
+	var record []string
+	signals := 0
+	for k, id := range raise {
+		if raised[k] {
+			record = append(record, id)
+			signals += len(outcomes[id].signals)
 		}
 	}
-	_, err = in.store.UpdateDrone(ctx, id, func(d *fleet.Drone) error {
-		if d.MissionID == missionID && now.After(d.LastSignalAt) {
-			d.LastSignalKey, d.LastSignalAt = key, now
+	if len(record) == 0 {
+		return 0, errors.Join(errs...)
+	}
+	ups, err = in.store.UpdateDrones(ctx, record, func(d *fleet.Drone) error {
+		o := outcomes[d.ID]
+		if d.MissionID == o.missionID && now.After(d.LastSignalAt) {
+			d.LastSignalKey, d.LastSignalAt = o.key, now
 			// Only if no newer frame came meanwhile: its signal is its own.
 			if !d.LastFrameAt.After(now) {
 				d.SignalPending = false
@@ -229,10 +250,64 @@ func (in *Ingestor) ingestDrone(ctx context.Context, id string, frames []domain.
 		}
 		return nil
 	})
-	if err != nil {
-		in.log.Warn("record telemetry signal failed", "drone", d.ID, "err", err)
+	for k, id := range record {
+		if err == nil {
+			err = ups[k].Err
+		}
+		if err != nil {
+			in.log.Warn("record telemetry signal failed", "drone", id, "err", err)
+		}
 	}
-	return len(signals), nil
+	return signals, errors.Join(errs...)
+}
+
+// raise raises a drone's signals in order; false if one failed.
+func (in *Ingestor) raise(ctx context.Context, id string, o droneOutcome) bool {
+	for _, sig := range o.signals {
+		payload, _ := json.Marshal(sig)
+		if err := in.signal.RaiseEvent(ctx, api.InstanceID(o.missionID), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
+			in.log.Warn("raise telemetry signal failed; it is raised again with the next frame", "drone", id, "mission", o.missionID, "err", err)
+			return false
+		}
+	}
+	return true
+}
+
+// apply applies the frames idx of a batch to d, records their verdicts in
+// out, and returns the signals they call for.
+func (in *Ingestor) apply(d *fleet.Drone, frames []domain.DecodedFrame, idx []int, out []FrameVerdict, now time.Time) droneOutcome {
+	o := droneOutcome{key: d.LastSignalKey, missionID: d.MissionID}
+	bound := d.MissionID != "" && d.Route != nil
+	for _, i := range idx {
+		v, reason := d.Tracked.Apply(frames[i].Frame)
+		out[i].Verdict, out[i].Reason = v, reason
+		if v != domain.VerdictAccepted {
+			continue
+		}
+		d.Frames++
+		d.LastFrameAt = now
+		if !bound {
+			continue
+		}
+		if d.RoutePhase == "" {
+			d.RoutePhase = domain.PhaseHeadedToPickup
+		}
+		d.RoutePhase = domain.Advance(d.RoutePhase, *d.Route, *d.Tracked.State, in.opts.ArrivalRadiusM)
+		// Every meaningful change within the batch is raised, in order:
+		// a landing and a takeoff in one batch are both phase changes.
+		if k := in.signalKey(*d.Tracked.State, *d.Route) + "|" + string(d.RoutePhase); k != o.key {
+			o.key = k
+			o.signals = append(o.signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
+		}
+	}
+	if bound && len(o.signals) == 0 && d.Tracked.State != nil && (d.SignalPending || now.Sub(d.LastSignalAt) >= in.opts.Heartbeat) {
+		o.signals = append(o.signals, telemetrySignal(*d.Tracked.State, d.RoutePhase))
+	}
+	d.SignalPending = len(o.signals) > 0
+	if len(o.signals) > maxSignalsPerBatch {
+		o.signals = append(o.signals[:maxSignalsPerBatch-1], o.signals[len(o.signals)-1])
+	}
+	return o
 }
 
 func telemetrySignal(s domain.DroneState, p domain.Phase) domain.Signal {

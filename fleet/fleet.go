@@ -8,6 +8,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/dronehub/dronehub/domain"
@@ -82,6 +83,18 @@ type Store interface {
 	// fn may run more than once when writers race, so it must depend only on
 	// its argument. An error from fn aborts the update and is returned as is.
 	UpdateDrone(ctx context.Context, id string, fn func(*Drone) error) (Drone, error)
+	// UpdateDrones applies fn to each drone of ids as UpdateDrone would, in
+	// as few storage round trips as the store can: each drone's update is
+	// atomic, the set is not (a store may write it in several
+	// transactions). fn is called for one drone at a time, never
+	// concurrently, and may be called more than once for a drone (the last
+	// call is the one written), so per-drone results belong in a map keyed
+	// by Drone.ID, overwritten on each call.
+	// The result has one DroneUpdate per id, in order; its Err is nil (the
+	// update was written), ErrDroneNotFound, fn's error, or the storage
+	// error that kept it from being written. The error is for the call
+	// itself (ids not distinct): then nothing was written.
+	UpdateDrones(ctx context.Context, ids []string, fn func(*Drone) error) ([]DroneUpdate, error)
 	// RecordEffect stores e unless an effect with the same (MissionID, Kind)
 	// exists; it reports whether e was new. Seq and At are assigned.
 	RecordEffect(ctx context.Context, e Effect) (bool, error)
@@ -99,6 +112,29 @@ type Store interface {
 	// ahead by less than WatchSlack. Every other field is the record's as of
 	// some moment during the call.
 	Watched(ctx context.Context, q WatchQuery) ([]Watch, error)
+}
+
+// DroneUpdate is the outcome of one drone's update in Store.UpdateDrones.
+type DroneUpdate struct {
+	// Drone is the record as written; zero unless Err is nil.
+	Drone Drone
+	Err   error
+}
+
+// ErrDuplicateDrone is returned by Store.UpdateDrones when ids repeat one.
+var ErrDuplicateDrone = errors.New("drone listed twice in one batch update")
+
+// CheckDistinct returns ErrDuplicateDrone, naming the id, if ids are not
+// distinct; stores call it before UpdateDrones writes anything.
+func CheckDistinct(ids []string) error {
+	seen := make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		if _, ok := seen[id]; ok {
+			return fmt.Errorf("%w: %s", ErrDuplicateDrone, id)
+		}
+		seen[id] = struct{}{}
+	}
+	return nil
 }
 
 // WatchSlack is how far a store's index may keep a drone's LastFrameAt

@@ -379,8 +379,9 @@ func firstOperationETag(header http.Header, body []byte) azcore.ETag {
 }
 
 // operationETags reads the ETag header of every operation's response in a
-// successful entity-group transaction's multipart answer, in order; nil if
-// the answer cannot be read or an operation has none.
+// successful entity-group transaction's multipart answer, in order ("" for
+// an operation answered without one, such as a delete); nil if the answer
+// cannot be read or an operation failed.
 func operationETags(header http.Header, body []byte) []azcore.ETag {
 	ops := batchResponses(header.Get("Content-Type"), body)
 	if ops == nil {
@@ -388,11 +389,10 @@ func operationETags(header http.Header, body []byte) []azcore.ETag {
 	}
 	out := make([]azcore.ETag, 0, len(ops))
 	for _, op := range ops {
-		etag := op.Header.Get("ETag")
-		if op.StatusCode >= 300 || etag == "" {
+		if op.StatusCode >= 300 {
 			return nil
 		}
-		out = append(out, azcore.ETag(etag))
+		out = append(out, azcore.ETag(op.Header.Get("ETag")))
 	}
 	return out
 }

@@ -40,10 +40,20 @@ import (
 type Fleet struct {
 	drones  *aztables.Client
 	effects *aztables.Client
-	// locks queues the updates of one drone (UpdateDrone) and the effects
-	// of one mission (RecordEffect) made through this Fleet.
-	locks    keyed.Locks[handover]
+	// locks queues the updates of one drone (UpdateDrone, UpdateDrones)
+	// and the effects of one mission (RecordEffect) made through this Fleet.
+	locks    keyed.Locks[struct{}]
 	missions keyed.Locks[struct{}]
+	// known holds the records this Fleet last wrote, with their ETags, so
+	// that the next update of a drone skips its read. A record is used only
+	// under the drone's lock and only as the base of a write guarded by its
+	// ETag: if another process wrote the drone since, the write fails (412)
+	// and the update reads the row, so a stale entry costs a round trip,
+	// never a lost update.
+	known droneCache
+	// effectSeqs holds the effect counters this Fleet last wrote, so that
+	// recording a mission's next effect reads nothing (RecordEffect).
+	effectSeqs effectCache
 	// backoff paces retries after lost races with other processes.
 	backoff keyed.Backoff
 	// slack is how far the index may keep LastFrameAt behind the record.
@@ -62,6 +72,8 @@ const dronePartition = "drone"
 
 func newFleet(ctx context.Context, svc *aztables.ServiceClient, n names) (*Fleet, error) {
 	f := &Fleet{drones: svc.NewClient(n.dronesTable), effects: svc.NewClient(n.effectsTable), backoff: conflictBackoff, slack: fleet.WatchSlack}
+	f.known.max = knownDrones
+	f.effectSeqs.max = knownDrones
 	switch _, err := svc.CreateTable(ctx, n.dronesTable, nil); {
 	case err == nil:
 		// A new hub has no rows of earlier versions to index.
@@ -200,33 +212,40 @@ func (f *Fleet) Drones(ctx context.Context) ([]fleet.Drone, error) {
 // UpdateDrone implements fleet.Store with an ETag check.
 //
 // Updates of one drone through this Fleet queue on a per-drone lock, so the
-// process never races itself through storage; while updates are queued,
-// each hands the record it wrote and its ETag to the next, which then skips
-// the read. A write that loses to another process (412) is retried on a
-// fresh read with exponential back-off and jitter, for as long as ctx
-// allows: there is no attempt limit a busy drone could exhaust.
+// process never races itself through storage, and each starts from the
+// record the last one wrote (known) when it has it, skipping the read. A
+// write that loses to another process (412) is retried on a fresh read
+// with exponential back-off and jitter, for as long as ctx allows: there is
+// no attempt limit a busy drone could exhaust.
 func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone) error) (fleet.Drone, error) {
 	l, err := f.locks.Lock(ctx, id)
 	if err != nil {
 		return fleet.Drone{}, fmt.Errorf("azurestorage: update drone %s: %w", id, err)
 	}
 	defer f.locks.Unlock(id, l)
+	return f.updateLocked(ctx, id, fn)
+}
+
+// updateLocked is UpdateDrone once the drone's lock is held.
+func (f *Fleet) updateLocked(ctx context.Context, id string, fn func(*fleet.Drone) error) (fleet.Drone, error) {
 	bo := f.backoff
 	conflicts := 0
 	skipDeletes := false
 	for {
-		var d fleet.Drone
-		var etag azcore.ETag
-		var idx *indexState
-		cached := l.Value.data != nil
-		if cached {
-			data := l.Value.data
-			l.Value.data = nil // used once: kept only if the write succeeds
-			if json.Unmarshal(data, &d) != nil {
+		// Taken out: put back only once a write succeeds, so an update
+		// whose outcome is unknown leaves the next one to read the row.
+		base, cached := f.known.take(id)
+		if !cached {
+			var err error
+			if base, err = f.read(ctx, id); err != nil {
+				return fleet.Drone{}, err
+			}
+		}
+		d, err := base.decode()
+		if err != nil {
+			if cached {
 				continue
 			}
-			etag, idx = l.Value.etag, l.Value.idx
-		} else if d, etag, idx, err = f.get(ctx, id); err != nil {
 			return fleet.Drone{}, err
 		}
 		if err := fn(&d); err != nil {
@@ -236,29 +255,29 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 			return fleet.Drone{}, err
 		}
 		d.ID = id
-		st, ops := f.indexPlan(idx, d.Watch(), skipDeletes)
-		e, err := droneEntity(d, st)
+		w, err := f.plan(d, base, skipDeletes)
 		if err != nil {
 			return fleet.Drone{}, err
 		}
 		var newETag azcore.ETag
-		if len(ops) == 0 {
+		if len(w.actions) == 1 {
 			var resp aztables.UpdateEntityResponse
-			resp, err = f.drones.UpdateEntity(ctx, e.marshal(), &aztables.UpdateEntityOptions{IfMatch: &etag, UpdateMode: aztables.UpdateModeReplace})
+			resp, err = f.drones.UpdateEntity(ctx, w.actions[0].Entity, &aztables.UpdateEntityOptions{IfMatch: &base.etag, UpdateMode: aztables.UpdateModeReplace})
 			newETag = resp.ETag
 		} else {
-			// The record and its index rows change together. (The batch's
-			// answer carries no ETag: the next update reads the row.)
-			actions := append([]aztables.TransactionAction{{ActionType: aztables.TransactionTypeUpdateReplace, Entity: e.marshal(), IfMatch: &etag}}, ops...)
-			_, err = f.drones.SubmitTransaction(ctx, actions, nil)
+			// The record and its index rows change together; the drone
+			// row's new ETag is read from the transaction's answer.
+			capture := &bodyCapture{}
+			_, err = f.drones.SubmitTransaction(withCapture(ctx, capture), w.actions, nil)
+			if err == nil {
+				newETag = firstOperationETag(capture.get())
+			}
 		}
 		switch {
 		case err == nil:
-			if data, err := json.Marshal(d); err == nil && newETag != "" {
-				l.Value.data, l.Value.etag, l.Value.idx = data, newETag, &st
-			}
+			f.known.put(id, w.written(newETag))
 			return d, nil
-		case isNotFound(err) && len(ops) > 0:
+		case isNotFound(err) && len(w.actions) > 1:
 			// The drone row is gone, or an index row it records is (which
 			// the transactions never leave): without the deletes, the
 			// next attempt tells which.
@@ -269,7 +288,7 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 		case isPrecondition(err):
 			// Another process wrote the drone since it was read.
 			if cached {
-				continue // the handed-over record was stale: read it now
+				continue // the known record was stale: read it now
 			}
 			conflicts++
 			if err := bo.Wait(ctx); err != nil {
@@ -281,6 +300,327 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 			return fleet.Drone{}, fmt.Errorf("azurestorage: update drone %s: %w", id, err)
 		}
 	}
+}
+
+// Limits of one entity-group transaction of UpdateDrones: the service
+// takes 100 operations and a 4 MiB body.
+const (
+	batchOps   = 100
+	batchBytes = 3 << 20
+	opOverhead = 512 // multipart headers of one operation, roughly
+)
+
+// UpdateDrones implements fleet.Store. All drone rows share one partition,
+// so the drones' writes go in entity-group transactions of up to 100
+// operations: telemetry for a hundred drones costs one transaction, and no
+// read for a drone whose record this Fleet last wrote (known).
+//
+// Each drone's write is guarded by the ETag of the record fn was applied
+// to. A transaction fails whole on its first failed operation, and its
+// answer names that operation: that drone alone is then updated on its own
+// (updateLocked: fresh read, back-off on lost races) if its record was
+// read fresh, and otherwise its record and every other known record of the
+// transaction are read again (a stale known record means another process
+// writes these drones); the others go into the next round unchanged. Every
+// round settles at least one drone or turns known records into fresh ones,
+// so the loop ends.
+func (f *Fleet) UpdateDrones(ctx context.Context, ids []string, fn func(*fleet.Drone) error) ([]fleet.DroneUpdate, error) {
+	if err := fleet.CheckDistinct(ids); err != nil {
+		return nil, err
+	}
+	out := make([]fleet.DroneUpdate, len(ids))
+	// Locks in id order, so that two batches never wait on each other.
+	order := make([]int, len(ids))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return ids[order[a]] < ids[order[b]] })
+	held := make([]*keyed.Lock[struct{}], len(ids))
+	defer func() {
+		for i, l := range held {
+			if l != nil {
+				f.locks.Unlock(ids[i], l)
+			}
+		}
+	}()
+	for _, i := range order {
+		l, err := f.locks.Lock(ctx, ids[i])
+		if err != nil {
+			for j := range out {
+				out[j].Err = fmt.Errorf("azurestorage: update drone %s: %w", ids[j], err)
+			}
+			return out, nil
+		}
+		held[i] = l
+	}
+
+	bases := make([]knownRecord, len(ids))
+	fresh := make([]bool, len(ids))
+	var pending, unread []int
+	for i, id := range ids {
+		if k, ok := f.known.take(id); ok {
+			bases[i] = k
+			pending = append(pending, i)
+		} else {
+			unread = append(unread, i)
+		}
+	}
+	for len(pending) > 0 || len(unread) > 0 {
+		pending = append(pending, f.readAll(ctx, ids, unread, bases, fresh, out)...)
+		unread = nil
+		var writes []batchWrite
+		for _, i := range pending {
+			d, err := bases[i].decode()
+			if err == nil {
+				err = fn(&d)
+			}
+			if err != nil {
+				if !fresh[i] {
+					unread = append(unread, i) // decide on the stored record
+				} else {
+					out[i] = fleet.DroneUpdate{Err: err}
+				}
+				continue
+			}
+			d.ID = ids[i]
+			w, err := f.plan(d, bases[i], false)
+			if err != nil {
+				out[i] = fleet.DroneUpdate{Err: err}
+				continue
+			}
+			out[i].Drone = d
+			writes = append(writes, batchWrite{i: i, droneWrite: w})
+		}
+		pending = nil
+		for _, chunk := range chunkWrites(writes) {
+			retry, reread := f.submitChunk(ctx, ids, chunk, fresh, fn, out)
+			pending = append(pending, retry...)
+			unread = append(unread, reread...)
+		}
+	}
+	return out, nil
+}
+
+// batchWrite is the write of drone i of an UpdateDrones call.
+type batchWrite struct {
+	i int
+	droneWrite
+}
+
+// chunkWrites packs writes into transactions, keeping each drone's
+// operations together.
+func chunkWrites(writes []batchWrite) [][]batchWrite {
+	var chunks [][]batchWrite
+	var cur []batchWrite
+	ops, size := 0, 0
+	for _, w := range writes {
+		n, b := len(w.actions), w.size+len(w.actions)*opOverhead
+		if len(cur) > 0 && (ops+n > batchOps || size+b > batchBytes) {
+			chunks = append(chunks, cur)
+			cur, ops, size = nil, 0, 0
+		}
+		cur = append(cur, w)
+		ops, size = ops+n, size+b
+	}
+	if len(cur) > 0 {
+		chunks = append(chunks, cur)
+	}
+	return chunks
+}
+
+// submitChunk writes one transaction of UpdateDrones and settles what it
+// can: it returns the drones to try again on the records they have
+// (retry) and those whose records are to be read again (reread).
+func (f *Fleet) submitChunk(ctx context.Context, ids []string, chunk []batchWrite, fresh []bool, fn func(*fleet.Drone) error, out []fleet.DroneUpdate) (retry, reread []int) {
+	var actions []aztables.TransactionAction
+	for _, w := range chunk {
+		actions = append(actions, w.actions...)
+	}
+	capture := &bodyCapture{}
+	_, err := f.drones.SubmitTransaction(withCapture(ctx, capture), actions, nil)
+	if err == nil {
+		etags := operationETags(capture.get())
+		op := 0
+		for _, w := range chunk {
+			if op < len(etags) {
+				f.known.put(ids[w.i], w.written(etags[op]))
+			}
+			op += len(w.actions)
+		}
+		return nil, nil
+	}
+	failed, op := -1, failedOperation(err)
+	if op >= 0 && (isPrecondition(err) || isNotFound(err)) {
+		for k, w := range chunk {
+			if op < len(w.actions) {
+				failed = k
+				break
+			}
+			op -= len(w.actions)
+		}
+	}
+	if failed < 0 {
+		// A storage error, or an answer that does not say which drone:
+		// nothing of the transaction was written.
+		for _, w := range chunk {
+			out[w.i] = fleet.DroneUpdate{Err: fmt.Errorf("azurestorage: update drone %s: %w", ids[w.i], err)}
+		}
+		return nil, nil
+	}
+	for k, w := range chunk {
+		switch {
+		case k == failed && fresh[w.i]:
+			// Lost a race on a fresh record, or a row is gone: settled on
+			// its own, with back-off and the not-found rules.
+			d, err := f.updateLocked(ctx, ids[w.i], fn)
+			out[w.i] = fleet.DroneUpdate{Drone: d, Err: err}
+		case k == failed || (isPrecondition(err) && !fresh[w.i]):
+			reread = append(reread, w.i)
+		default:
+			retry = append(retry, w.i)
+		}
+	}
+	return retry, reread
+}
+
+// readAll reads the rows of the drones ids[i] for i in which, a few at a
+// time, into bases (marking them fresh), and returns the indexes read; a
+// drone not found or not read gets its error in out.
+func (f *Fleet) readAll(ctx context.Context, ids []string, which []int, bases []knownRecord, fresh []bool, out []fleet.DroneUpdate) []int {
+	if len(which) == 0 {
+		return nil
+	}
+	errs := make([]error, len(which))
+	sem := make(chan struct{}, readAhead)
+	var wg sync.WaitGroup
+	for n, i := range which {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			bases[i], errs[n] = f.read(ctx, ids[i])
+		}()
+	}
+	wg.Wait()
+	var ok []int
+	for n, i := range which {
+		if errs[n] != nil {
+			out[i] = fleet.DroneUpdate{Err: errs[n]}
+			continue
+		}
+		fresh[i] = true
+		ok = append(ok, i)
+	}
+	return ok
+}
+
+// readAhead bounds the reads UpdateDrones makes at once.
+const readAhead = 8
+
+// knownRecord is a drone row as read or written: the JSON record, its
+// ETag and the index state it records (nil for a row written before the
+// index existed).
+type knownRecord struct {
+	data []byte
+	etag azcore.ETag
+	idx  *indexState
+}
+
+func (k knownRecord) decode() (fleet.Drone, error) {
+	var d fleet.Drone
+	if err := json.Unmarshal(k.data, &d); err != nil {
+		return fleet.Drone{}, fmt.Errorf("azurestorage: drone record: %w", err)
+	}
+	return d, nil
+}
+
+// read reads a drone row.
+func (f *Fleet) read(ctx context.Context, id string) (knownRecord, error) {
+	d, etag, idx, err := f.get(ctx, id)
+	if err != nil {
+		return knownRecord{}, err
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return knownRecord{}, fmt.Errorf("azurestorage: encode drone %s: %w", id, err)
+	}
+	return knownRecord{data: data, etag: etag, idx: idx}, nil
+}
+
+// droneWrite is one drone's part of a write: the replace of its row,
+// guarded by the ETag it was read with, then its index rows' changes.
+type droneWrite struct {
+	actions []aztables.TransactionAction
+	data    []byte
+	st      indexState
+	size    int // the actions' encoded size, roughly
+}
+
+// plan returns the write of record d over base.
+func (f *Fleet) plan(d fleet.Drone, base knownRecord, skipDeletes bool) (droneWrite, error) {
+	st, ops := f.indexPlan(base.idx, d.Watch(), skipDeletes)
+	e, err := droneEntity(d, st)
+	if err != nil {
+		return droneWrite{}, err
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return droneWrite{}, fmt.Errorf("azurestorage: encode drone %s: %w", d.ID, err)
+	}
+	row := e.marshal()
+	etag := base.etag
+	w := droneWrite{
+		actions: append([]aztables.TransactionAction{{ActionType: aztables.TransactionTypeUpdateReplace, Entity: row, IfMatch: &etag}}, ops...),
+		data:    data, st: st, size: len(row),
+	}
+	for _, op := range ops {
+		w.size += len(op.Entity)
+	}
+	return w, nil
+}
+
+// written is the known record after w was written with the row's new ETag
+// (none is kept if the ETag is unknown).
+func (w droneWrite) written(etag azcore.ETag) knownRecord {
+	st := w.st
+	return knownRecord{data: w.data, etag: etag, idx: &st}
+}
+
+// knownDrones bounds Fleet.known: records of about a kilobyte each.
+const knownDrones = 20000
+
+// droneCache is a bounded map of known records; when full, an arbitrary
+// entry makes room (any entry is only a read saved).
+type droneCache struct {
+	mu  sync.Mutex
+	m   map[string]knownRecord
+	max int
+}
+
+func (c *droneCache) take(id string) (knownRecord, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, ok := c.m[id]
+	delete(c.m, id)
+	return k, ok
+}
+
+func (c *droneCache) put(id string, k knownRecord) {
+	if k.etag == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]knownRecord{}
+	}
+	if _, has := c.m[id]; !has && len(c.m) >= c.max {
+		for other := range c.m {
+			delete(c.m, other)
+			break
+		}
+	}
+	c.m[id] = k
 }
 
 // The watch index (see Fleet).
@@ -513,21 +853,20 @@ func (f *Fleet) indexLegacy(ctx context.Context) error {
 	return nil
 }
 
-// handover is the drone record the last holder of a drone's lock wrote,
-// its ETag and its index state, handed to the next holder; data is nil
-// when there is none.
-type handover struct {
-	data []byte
-	etag azcore.ETag
-	idx  *indexState
-}
-
 // conflictBackoff paces retries after losing a race to another process.
 var conflictBackoff = keyed.Backoff{First: 2 * time.Millisecond, Max: 200 * time.Millisecond}
 
 const effectSeqRow = "seq"
 
 // RecordEffect implements fleet.Store.
+//
+// The effect row and the mission's counter row change in one entity-group
+// transaction. The first try reads nothing: it takes the counter this
+// Fleet last wrote for the mission (effectSeqs), or, for a mission it has
+// not seen, assumes a first effect (both rows added). Either guess is
+// checked by the transaction itself (If-Match on the counter, or Add
+// failing on rows that exist), and a wrong one falls back to reading both
+// rows, so a mission's effects cost one request each in the common case.
 func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) {
 	if e.MissionID == "" || e.Kind == "" {
 		return false, errors.New("azurestorage: an effect needs a mission id and a kind")
@@ -542,28 +881,36 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 	defer f.missions.Unlock(e.MissionID, l)
 	pk, rk := escapeKey(e.MissionID), "e|"+escapeKey(e.Kind)
 	bo := f.backoff
+	guess, guessed := f.effectSeqs.take(e.MissionID)
 	for {
 		var seq int64
 		var counterETag *azcore.ETag
-		resp, err := f.effects.GetEntity(ctx, pk, effectSeqRow, nil)
 		switch {
-		case err == nil:
-			ce, perr := parseEntity(resp.Value)
-			if perr != nil {
-				return false, fmt.Errorf("azurestorage: effect counter of %s: %w", e.MissionID, perr)
-			}
-			seq = ce.int64("Seq")
-			etag := resp.ETag
-			counterETag = &etag
-		case isNotFound(err):
+		case guessed && guess.etag != "":
+			seq, counterETag = guess.seq, &guess.etag
+		case guessed:
+			// A mission this Fleet has not seen: most likely its first.
 		default:
-			return false, fmt.Errorf("azurestorage: effect counter of %s: %w", e.MissionID, err)
-		}
-		// Already recorded? (Cheap check first; the batch below is the guard.)
-		if _, err := f.effects.GetEntity(ctx, pk, rk, nil); err == nil {
-			return false, nil
-		} else if !isNotFound(err) {
-			return false, fmt.Errorf("azurestorage: read effect %s/%s: %w", e.MissionID, e.Kind, err)
+			resp, err := f.effects.GetEntity(ctx, pk, effectSeqRow, nil)
+			switch {
+			case err == nil:
+				ce, perr := parseEntity(resp.Value)
+				if perr != nil {
+					return false, fmt.Errorf("azurestorage: effect counter of %s: %w", e.MissionID, perr)
+				}
+				seq = ce.int64("Seq")
+				etag := resp.ETag
+				counterETag = &etag
+			case isNotFound(err):
+			default:
+				return false, fmt.Errorf("azurestorage: effect counter of %s: %w", e.MissionID, err)
+			}
+			// Already recorded? (Cheap check first; the batch below is the guard.)
+			if _, err := f.effects.GetEntity(ctx, pk, rk, nil); err == nil {
+				return false, nil
+			} else if !isNotFound(err) {
+				return false, fmt.Errorf("azurestorage: read effect %s/%s: %w", e.MissionID, e.Kind, err)
+			}
 		}
 		seq++
 		row := newEntity(pk, rk)
@@ -578,21 +925,68 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 		} else {
 			actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: counter.marshal(), IfMatch: counterETag})
 		}
-		if _, err := f.effects.SubmitTransaction(ctx, actions, nil); err != nil {
-			// Lost to another writer (the effect or the counter was added,
-			// or the counter changed or went): the loop re-reads the rows
-			// and either finds the effect or tries again. Anything else,
-			// including storage errors the SDK already retried, is final.
+		capture := &bodyCapture{}
+		if _, err := f.effects.SubmitTransaction(withCapture(ctx, capture), actions, nil); err != nil {
+			// Lost to another writer, or a wrong guess (the effect or the
+			// counter was added, or the counter changed or went): the loop
+			// re-reads the rows and either finds the effect or tries
+			// again. Anything else, including storage errors the SDK
+			// already retried, is final.
 			if !isConflict(err) && !isPrecondition(err) && !isNotFound(err) {
 				return false, fmt.Errorf("azurestorage: record effect %s/%s: %w", e.MissionID, e.Kind, err)
+			}
+			if guessed {
+				guessed = false // read, at once: a guess is not a race
+				continue
 			}
 			if err := bo.Wait(ctx); err != nil {
 				return false, fmt.Errorf("%w: effect %s/%s: %w", fleet.ErrConflict, e.MissionID, e.Kind, err)
 			}
 			continue
 		}
+		if etags := operationETags(capture.get()); len(etags) == 2 && etags[1] != "" {
+			f.effectSeqs.put(e.MissionID, effectSeq{seq: seq, etag: etags[1]})
+		}
 		return true, nil
 	}
+}
+
+// effectSeq is a mission's effect counter as this Fleet last wrote it.
+type effectSeq struct {
+	seq  int64
+	etag azcore.ETag
+}
+
+// effectCache is a bounded map of effect counters; take returns a zero
+// counter, and true, for a mission it does not know (a guess that it has
+// no effects yet). When full, an arbitrary entry makes room.
+type effectCache struct {
+	mu  sync.Mutex
+	m   map[string]effectSeq
+	max int
+}
+
+func (c *effectCache) take(mission string) (effectSeq, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.m[mission]
+	delete(c.m, mission)
+	return s, true
+}
+
+func (c *effectCache) put(mission string, s effectSeq) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]effectSeq{}
+	}
+	if _, has := c.m[mission]; !has && len(c.m) >= c.max {
+		for other := range c.m {
+			delete(c.m, other)
+			break
+		}
+	}
+	c.m[mission] = s
 }
 
 // Effects implements fleet.Store.

@@ -812,7 +812,7 @@ func (lm *leaseManager) renewAll(ctx context.Context, rows []renewing) []renewed
 			etags := operationETags(capture.get())
 			for i, r := range rows {
 				etag := r.etag
-				if len(etags) == len(rows) {
+				if len(etags) == len(rows) && etags[i] != "" {
 					etag = etags[i]
 				}
 				out = append(out, renewedRow{r.p, etag, sent, nil})

@@ -39,6 +39,10 @@ func RunFleet(t *testing.T, f func(t *testing.T) fleet.Store) {
 		{"Watched_SelectsByKeys", testWatchedSelects},
 		{"Watched_FollowsUpdates", testWatchedFollows},
 		{"Watched_Limit", testWatchedLimit},
+		{"UpdateDrones_AppliesInOrder", testUpdateDronesApplies},
+		{"UpdateDrones_DistinctIDs", testUpdateDronesDistinct},
+		{"UpdateDrones_ManyDronesKeepTheIndex", testUpdateDronesMany},
+		{"UpdateDrones_MixedWithUpdateDroneLosesNothing", testUpdateDronesMixedConcurrent},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,6 +69,9 @@ func RunFleetShared(t *testing.T, f func(t *testing.T) (fleet.Store, fleet.Store
 		{"UpdateDrone_AlternatingStores", testSharedAlternating},
 		{"UpdateDrone_ConcurrentTwoStoresLoseNothing", testSharedConcurrent},
 		{"Watched_SeesTheOtherStoresWrites", testSharedWatched},
+		{"UpdateDrones_AlternatingStores", testSharedUpdateDronesAlternating},
+		{"UpdateDrones_DecidesOnTheStoredRecord", testSharedUpdateDronesDecideOnStored},
+		{"UpdateDrones_ConcurrentTwoStoresLoseNothing", testSharedUpdateDronesConcurrent},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -318,6 +318,65 @@ func (f *Fleet) UpdateDrone(ctx context.Context, id string, fn func(*fleet.Drone
 	}
 }
 
+// UpdateDrones implements fleet.Store in one immediate transaction: the
+// drones are read and written under the file's write lock, so no version
+// check can fail and fn runs once per drone. A drone fn refuses, or that is
+// not found, is left as it is; a storage error rolls every drone back.
+func (f *Fleet) UpdateDrones(ctx context.Context, ids []string, fn func(*fleet.Drone) error) ([]fleet.DroneUpdate, error) {
+	if err := fleet.CheckDistinct(ids); err != nil {
+		return nil, err
+	}
+	out := make([]fleet.DroneUpdate, len(ids))
+	fail := func(err error) ([]fleet.DroneUpdate, error) {
+		err = fmt.Errorf("sqlite: update %d drones: %w", len(ids), err)
+		for i := range out {
+			out[i] = fleet.DroneUpdate{Err: err}
+		}
+		return out, nil
+	}
+	tx, err := f.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fail(err)
+	}
+	defer tx.Rollback()
+	for i, id := range ids {
+		var data string
+		err := tx.QueryRowContext(ctx, `SELECT Data FROM DronehubDrones WHERE ID = ?`, id).Scan(&data)
+		if errors.Is(err, sql.ErrNoRows) {
+			out[i].Err = fmt.Errorf("%w: %s", fleet.ErrDroneNotFound, id)
+			continue
+		}
+		if err != nil {
+			return fail(err)
+		}
+		var d fleet.Drone
+		if err := json.Unmarshal([]byte(data), &d); err != nil {
+			out[i].Err = fmt.Errorf("sqlite: drone %s has an unreadable record: %w", id, err)
+			continue
+		}
+		if err := fn(&d); err != nil {
+			out[i].Err = err
+			continue
+		}
+		d.ID = id
+		enc, err := json.Marshal(d)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		quiet, deadline, attention := watchColumns(d)
+		if _, err := tx.ExecContext(ctx, `UPDATE DronehubDrones SET Version = Version + 1, Data = ?, QuietAt = ?, DeadlineAt = ?, Attention = ?, Indexed = 1 WHERE ID = ?`,
+			string(enc), quiet, deadline, attention, id); err != nil {
+			return fail(err)
+		}
+		out[i].Drone = d
+	}
+	if err := tx.Commit(); err != nil {
+		return fail(err)
+	}
+	return out, nil
+}
+
 // conflictBackoff paces retries after losing a race to another process.
 var conflictBackoff = keyed.Backoff{First: time.Millisecond, Max: 100 * time.Millisecond}
 
