@@ -2,20 +2,16 @@ package httpapi
 
 import (
 	"bytes"
-	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"time"
 
-	"github.com/dronehub/dronehub/activities"
 	"github.com/dronehub/dronehub/domain"
-	"github.com/dronehub/dronehub/fleet"
 )
 
 func (h *handler) telemetry(w http.ResponseWriter, r *http.Request) {
-	if h.opts.Ingestor == nil {
-		problem(w, http.StatusNotFound, "telemetry ingestion is not enabled on this server")
+	if err := h.svc.checkIngest(); err != nil {
+		h.fail(w, r, err)
 		return
 	}
 	body, ok := readBody(w, r, MaxTelemetryBody, true)
@@ -27,12 +23,10 @@ func (h *handler) telemetry(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	res, err := h.opts.Ingestor.Ingest(r.Context(), frames)
+	res, err := h.svc.Ingest(r.Context(), frames)
 	h.metrics.countFrames(res)
 	if err != nil {
-		h.log.Error("telemetry ingestion failed", "err", err)
-		w.Header().Set("Retry-After", "5")
-		problem(w, http.StatusServiceUnavailable, "storage failed while applying the batch; send the whole batch again (frames already applied come back as duplicates)")
+		h.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
@@ -51,48 +45,27 @@ type DroneStatus struct {
 	LastSignalAt *time.Time         `json:"lastSignalAt,omitempty"`
 }
 
-func droneStatus(d fleet.Drone) DroneStatus {
-	ds := DroneStatus{DroneID: d.ID, Home: d.Home, MissionID: d.MissionID, Route: d.Route, State: d.Tracked.State, Frames: d.Frames, Health: "unknown"}
-	if s := d.Tracked.State; s != nil {
-		ds.Health = "ok"
-		if f := s.Health.Fault(); f != "" {
-			ds.Health = "fault: " + f
-		}
-	}
-	if !d.LastSignalAt.IsZero() {
-		t := d.LastSignalAt.UTC()
-		ds.LastSignalAt = &t
-	}
-	return ds
-}
-
 func (h *handler) droneStatus(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	d, err := h.opts.Fleet.Drone(r.Context(), id)
-	if errors.Is(err, fleet.ErrDroneNotFound) {
-		problem(w, http.StatusNotFound, fmt.Sprintf("no drone with id %q", id))
-		return
-	}
+	ds, err := h.svc.Drone(r.Context(), r.PathValue("id"))
 	if err != nil {
-		h.storageError(w, r, "read drone", err)
+		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, droneStatus(d))
+	writeJSON(w, http.StatusOK, ds)
 }
 
 func (h *handler) listDrones(w http.ResponseWriter, r *http.Request) {
-	drones, err := h.opts.Fleet.Drones(r.Context())
+	drones, err := h.svc.Drones(r.Context())
 	if err != nil {
-		h.storageError(w, r, "list drones", err)
+		h.fail(w, r, err)
 		return
 	}
-	out := struct {
-		Drones []DroneStatus `json:"drones"`
-	}{Drones: make([]DroneStatus, 0, len(drones))}
-	for _, d := range drones {
-		out.Drones = append(out.Drones, droneStatus(d))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, DroneList{Drones: drones})
+}
+
+// DroneList is the body of GET /api/drones.
+type DroneList struct {
+	Drones []DroneStatus `json:"drones"`
 }
 
 // NewDrone is the body of POST /api/drones.
@@ -111,36 +84,19 @@ func (h *handler) addDrone(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, "drone: "+err.Error())
 		return
 	}
-	var fields []FieldProblem
-	if !domain.ValidID(nd.ID) {
-		fields = append(fields, FieldProblem{Field: "id", Message: "is required: 1-100 letters, digits, '.', '_', ':' or '-'"})
-	}
-	if nd.Home == nil {
-		fields = append(fields, FieldProblem{Field: "home", Message: "is required: {\"lat\", \"lon\"}"})
-	} else if nd.Home.Lat < -90 || nd.Home.Lat > 90 || nd.Home.Lon < -180 || nd.Home.Lon > 180 {
-		fields = append(fields, FieldProblem{Field: "home", Message: "lat must be in [-90, 90] and lon in [-180, 180]"})
-	}
-	if len(fields) > 0 {
-		problem(w, http.StatusBadRequest, "invalid drone", fields...)
-		return
-	}
-	d, err := h.opts.Fleet.AddDrone(r.Context(), nd.ID, *nd.Home)
-	if errors.Is(err, fleet.ErrDroneExists) {
-		problem(w, http.StatusConflict, fmt.Sprintf("drone %q already exists", nd.ID))
-		return
-	}
+	ds, err := h.svc.AddDrone(r.Context(), nd)
 	if err != nil {
-		h.storageError(w, r, "add drone", err)
+		h.fail(w, r, err)
 		return
 	}
-	w.Header().Set("Location", baseURL(r)+"/api/drones/"+url.PathEscape(d.ID)+"/status")
-	writeJSON(w, http.StatusCreated, droneStatus(d))
+	w.Header().Set("Location", baseURL(r)+"/api/drones/"+url.PathEscape(ds.DroneID)+"/status")
+	writeJSON(w, http.StatusCreated, ds)
 }
 
 func (h *handler) fleetSummary(w http.ResponseWriter, r *http.Request) {
-	s, err := activities.Summarize(r.Context(), h.opts.Fleet, h.opts.Mission.BatteryFloor)
+	s, err := h.svc.FleetSummary(r.Context())
 	if err != nil {
-		h.storageError(w, r, "summarize fleet", err)
+		h.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, s)

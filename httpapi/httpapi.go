@@ -125,6 +125,7 @@ type Options struct {
 
 type handler struct {
 	opts      Options
+	svc       *Service
 	mux       *http.ServeMux
 	log       *slog.Logger
 	keys      [][sha256.Size]byte
@@ -154,7 +155,7 @@ func NewHandler(opts Options) http.Handler {
 	}
 	opts.Mission = opts.Mission.WithDefaults()
 	h := &handler{
-		opts: opts, mux: http.NewServeMux(), log: opts.Logger, metrics: newMetrics(),
+		opts: opts, svc: NewService(opts), mux: http.NewServeMux(), log: opts.Logger, metrics: newMetrics(),
 		limiter:   &limiter{maxN: opts.MaxInFlight, maxW: opts.MaxBodyMemory},
 		breaker:   &breaker{interval: time.Second, log: opts.Logger, timeout: opts.StorageTimeout},
 		queueWait: opts.StorageTimeout / 2,
@@ -173,23 +174,23 @@ func NewHandler(opts Options) http.Handler {
 	for _, k := range opts.APIKeys {
 		h.keys = append(h.keys, sha256.Sum256([]byte(k)))
 	}
-	missions := scope{name: orchestrations.DeliveryMissionName, base: "/api/missions"}
-	generic := scope{base: "/api/instances"}
-
 	// Each route with its body limit, which is what it reserves of
 	// MaxBodyMemory when the request does not say its length.
 	h.route("POST /api/missions", MaxMissionBody, h.startMission)
 	h.route("POST /api/orchestrations/{name}", MaxEventBody, h.startGeneric)
-	for _, sc := range []scope{missions, generic} {
-		h.route("GET "+sc.base, 0, h.list(sc))
-		h.route("GET "+sc.base+"/{id}", 0, h.status(sc))
-		h.route("DELETE "+sc.base+"/{id}", 0, h.purge(sc))
-		h.route("POST "+sc.base+"/{id}/events/{event}", MaxEventBody, h.raise(sc))
-		h.route("POST "+sc.base+"/{id}/terminate", 0, h.terminate(sc))
-		h.route("POST "+sc.base+"/{id}/suspend", 0, h.suspend(sc))
-		h.route("POST "+sc.base+"/{id}/resume", 0, h.resume(sc))
+	for _, sc := range []Scope{ScopeMissions, ScopeInstances} {
+		base := sc.base()
+		h.route("GET "+base, 0, h.list(sc))
+		h.route("GET "+base+"/{id}", 0, h.status(sc))
+		h.route("DELETE "+base+"/{id}", 0, h.purge(sc))
+		h.route("POST "+base+"/{id}/events/{event}", MaxEventBody, h.raise(sc))
+		h.route("POST "+base+"/{id}/terminate", 0, h.operation(sc, (*Service).Terminate))
+		h.route("POST "+base+"/{id}/suspend", 0, h.operation(sc, (*Service).Suspend))
+		h.route("POST "+base+"/{id}/resume", 0, h.operation(sc, (*Service).Resume))
 	}
-	h.route("POST /api/missions/{id}/cancel", 0, h.cancelMission(missions))
+	h.route("POST /api/missions/{id}/cancel", 0, h.operation(ScopeMissions, func(s *Service, ctx context.Context, _ Scope, id, reason string) error {
+		return s.CancelMission(ctx, id, reason)
+	}))
 	h.route("POST /api/telemetry", MaxTelemetryBody, h.telemetry)
 	h.route("GET /api/drones", 0, h.listDrones)
 	h.route("POST /api/drones", MaxMissionBody, h.addDrone)

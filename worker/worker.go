@@ -230,6 +230,7 @@ type Worker struct {
 	stopBG   context.CancelFunc
 	bg       sync.WaitGroup
 	handler  http.Handler
+	api      *httpapi.Service
 	log      *slog.Logger
 	started  atomic.Bool
 }
@@ -304,7 +305,7 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 		log: log,
 	}
 	proxies, _ := httpapi.ParseTrustedProxies(cfg.TrustedProxies) // checked by validate
-	w.handler = httpapi.NewHandler(httpapi.Options{
+	apiOpts := httpapi.Options{
 		Client:   client,
 		Backend:  hub.Backend,
 		Fleet:    hub.Fleet,
@@ -324,7 +325,9 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 
 		// What the API may start and raise events on.
 		Orchestrators: orchestrators,
-	})
+	}
+	w.handler = httpapi.NewHandler(apiOpts)
+	w.api = httpapi.NewService(apiOpts)
 	return w, nil
 }
 
@@ -448,6 +451,10 @@ func (w *Worker) StartMission(ctx context.Context, req domain.MissionRequest, op
 
 // Handler is the HTTP API.
 func (w *Worker) Handler() http.Handler { return w.handler }
+
+// API is what the HTTP API does, without HTTP: the same validation,
+// statuses and refusals, for the in-process Go client (package client).
+func (w *Worker) API() *httpapi.Service { return w.api }
 
 // Client is the task hub client, for starting and managing instances from Go.
 func (w *Worker) Client() dtbackend.TaskHubClient { return w.client }

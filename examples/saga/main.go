@@ -22,12 +22,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/task"
 
+	"github.com/dronehub/dronehub/client"
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/orchestrations"
-	"github.com/dronehub/dronehub/taskhub"
 	"github.com/dronehub/dronehub/worker"
 )
 
@@ -321,22 +320,15 @@ func runDepot(ctx context.Context, out io.Writer, depot *Depot) (err error) {
 	return nil
 }
 
+// bookings is RechargeBooking for the typed client: its input and output.
+var bookings = client.Orchestration[BookingRequest, BookingResult]{Name: RechargeBookingName}
+
 func book(ctx context.Context, out io.Writer, w *worker.Worker, depot *Depot, req BookingRequest) error {
-	id, err := w.Client().ScheduleNewOrchestration(ctx, RechargeBookingName,
-		api.WithInstanceID(api.InstanceID(req.BookingID)), api.WithInput(req))
+	// A declined card is a business outcome: the orchestration completes,
+	// and Run fails only if it crashed or was terminated.
+	res, err := bookings.Run(ctx, client.Local(w), req, client.WithID(req.BookingID))
 	if err != nil {
 		return err
-	}
-	md, err := w.Client().WaitForOrchestrationCompletion(ctx, id)
-	if err != nil {
-		return err
-	}
-	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
-		return fmt.Errorf("%s: runtime status %s: %v", id, taskhub.StatusName(md.RuntimeStatus), md.FailureDetails)
-	}
-	var res BookingResult
-	if err := json.Unmarshal([]byte(md.SerializedOutput), &res); err != nil {
-		return fmt.Errorf("%s: output %q: %w", id, md.SerializedOutput, err)
 	}
 	fmt.Fprintf(out, "%s: %s\n", res.BookingID, res.Status)
 	fmt.Fprintln(out, "  activities:")

@@ -87,7 +87,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, env Env)
 	case errors.Is(err, errUsage):
 		return 2
 	default:
-		fmt.Fprintf(stderr, "dronehub: %v\n", err)
+		fmt.Fprintf(stderr, "dronehub: %s\n", describe(err))
 		return 1
 	}
 }

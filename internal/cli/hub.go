@@ -6,13 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"sort"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dronehub/dronehub/backend"
+	"github.com/dronehub/dronehub/client"
 	"github.com/dronehub/dronehub/taskhub"
 )
 
@@ -134,25 +133,29 @@ func (a *App) deadLetter(ctx context.Context, args []string) error {
 	}
 	cmd, args := args[0], args[1:]
 	fs := a.flagSet("deadletter "+cmd, "deadletter "+cmd+" [flags]")
-	c := a.clientFlags(fs)
+	f := a.apiFlags(fs)
 	pos, err := a.parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
 	switch cmd {
 	case "list":
-		var out struct {
-			DeadLetters []taskhub.DeadLetter `json:"deadLetters"`
-		}
-		if _, _, err := c.do(ctx, http.MethodGet, "/api/deadletters", nil, &out); err != nil {
+		c, err := f.dial(client.Options{})
+		if err != nil {
 			return err
 		}
-		if c.asJSON {
-			return c.printJSON(out)
+		list, err := c.DeadLetters(ctx)
+		if err != nil {
+			return err
 		}
-		tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		if f.asJSON {
+			return f.printJSON(struct {
+				DeadLetters []client.DeadLetter `json:"deadLetters"`
+			}{list})
+		}
+		tw := tabwriter.NewWriter(f.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tQUEUE\tINSTANCE\tEVENT\tDEQUEUES\tDEAD AT\tREASON")
-		for _, d := range out.DeadLetters {
+		for _, d := range list {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Queue, orDash(d.InstanceID), d.EventType, d.DequeueCount, d.DeadAt.Local().Format(time.DateTime), d.Reason)
 		}
 		return tw.Flush()
@@ -160,10 +163,14 @@ func (a *App) deadLetter(ctx context.Context, args []string) error {
 		if len(pos) != 1 {
 			return usageErr(a, "deadletter replay ID")
 		}
-		if _, _, err := c.do(ctx, http.MethodPost, "/api/deadletters/"+url.PathEscape(pos[0])+"/replay", nil, nil); err != nil {
+		c, err := f.dial(client.Options{})
+		if err != nil {
 			return err
 		}
-		return c.done(map[string]string{"id": pos[0], "result": "replayed"}, "dead letter %s replayed\n", pos[0])
+		if err := c.ReplayDeadLetter(ctx, pos[0]); err != nil {
+			return err
+		}
+		return f.done(map[string]string{"id": pos[0], "result": "replayed"}, "dead letter %s replayed\n", pos[0])
 	}
 	fmt.Fprintf(a.Stderr, "dronehub: unknown deadletter command %q\n\n%s", cmd, deadLetterUsage)
 	return errUsage

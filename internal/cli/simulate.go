@@ -2,12 +2,9 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,14 +15,14 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/dronehub/dronehub/client"
 	"github.com/dronehub/dronehub/domain"
-	"github.com/dronehub/dronehub/httpapi"
 	"github.com/dronehub/dronehub/simulator"
 )
 
 func (a *App) simulate(ctx context.Context, args []string) error {
 	fs := a.flagSet("simulate", "simulate [flags]")
-	c := a.clientFlags(fs)
+	f := a.apiFlags(fs)
 	var (
 		missions, keyEvery, faulty int
 		attach, faultName          string
@@ -44,9 +41,6 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 	fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.Lookup("url").Usage = "dronehub HTTP API base URL; several, comma-separated, to fail over between workers"
 	if err := a.parse(fs, args); err != nil {
-		return err
-	}
-	if err := c.setBases(); err != nil {
 		return err
 	}
 	fault, err := simulator.ParseFault(faultName)
@@ -69,8 +63,8 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 
 	// Every request survives a worker restart, a storage outage (503) or
 	// load shedding (429): it is resent, to the next --url when there are
-	// several, with back-off. Each is idempotent: missions get an id here,
-	// and a resent telemetry batch comes back as duplicates.
+	// several, with back-off, until --timeout. Each is idempotent: missions
+	// get an id here, and a resent telemetry batch comes back as duplicates.
 	// Retry notices come from the flights' goroutines while this one
 	// prints progress: one lock for everything simulate writes to stderr.
 	stderr := &lockedWriter{w: a.Stderr}
@@ -83,12 +77,19 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			fmt.Fprintf(stderr, "retrying: %v\n", firstLine(err))
 		}
 	}
+	c, err := f.dial(client.Options{
+		Retry:   client.RetryPolicy{MaxAttempts: -1, MaxBackoff: 2 * time.Second},
+		OnRetry: notice,
+	})
+	if err != nil {
+		return err
+	}
 
-	var ids []string
+	var missionsFlown []*client.MissionHandle
 	if attach != "" {
 		for _, id := range strings.Split(attach, ",") {
 			if id = strings.TrimSpace(id); id != "" {
-				ids = append(ids, id)
+				missionsFlown = append(missionsFlown, c.Mission(id))
 			}
 		}
 	} else {
@@ -96,52 +97,46 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 		for i := 0; i < missions; i++ {
 			req := demoRequest(i)
 			req.MissionID = fmt.Sprintf("sim-%s-%d", run, i+1)
-			var acc httpapi.Accepted
-			if err := c.doRetry(ctx, http.MethodPost, "/api/missions", req, &acc, notice); err != nil {
+			m, err := c.StartMission(ctx, req)
+			if err != nil {
 				return fmt.Errorf("start mission %d: %w", i+1, err)
 			}
-			ids = append(ids, acc.ID)
+			missionsFlown = append(missionsFlown, m)
 		}
-		fmt.Fprintf(stderr, "started %d missions\n", len(ids))
+		fmt.Fprintf(stderr, "started %d missions\n", len(missionsFlown))
 	}
-	if len(ids) == 0 {
+	if len(missionsFlown) == 0 {
 		return errors.New("nothing to fly: give --missions N or --attach IDS")
 	}
-	if faulty <= 0 || faulty > len(ids) {
-		faulty = len(ids)
+	if faulty <= 0 || faulty > len(missionsFlown) {
+		faulty = len(missionsFlown)
 	}
 
 	var flights []*simulator.Flight
-	for i, id := range ids {
-		st, err := awaitDispatch(ctx, c, id, notice)
+	for i, m := range missionsFlown {
+		st, err := m.WaitPhase(ctx, domain.PhaseHeadedToPickup)
+		if errors.Is(err, client.ErrGone) {
+			fmt.Fprintf(stderr, "mission %s ended before its drone left (%s: %s)\n", m.ID(), st.Status.Phase, st.Status.Failure)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("mission %s never dispatched a drone: %w", m.ID(), err)
+		}
+		d, err := c.Drone(ctx, st.Status.DroneID)
 		if err != nil {
 			return err
 		}
-		if st.Route == nil {
-			fmt.Fprintf(stderr, "mission %s ended before its drone left (%s: %s)\n", id, st.Phase, st.Failure)
-			continue
-		}
-		var ds httpapi.DroneStatus
-		if err := c.doRetry(ctx, http.MethodGet, "/api/drones/"+url.PathEscape(st.DroneID)+"/status", nil, &ds, notice); err != nil {
-			return err
-		}
-		first := int64(1)
-		if ds.State != nil {
-			first = ds.State.Seq + 1
-		}
-		f := simulator.FlightOptions{DroneID: st.DroneID, Route: *st.Route, SpeedMps: speed, Step: step, KeyFrameEvery: keyEvery, FirstSeq: first}
+		fo := simulator.FlightOptions{DroneID: d.DroneID, Route: *st.Status.Route, SpeedMps: speed, Step: step, KeyFrameEvery: keyEvery, FirstSeq: d.NextSeq()}
 		if i < faulty {
-			f.Fault, f.FaultAt = fault, faultAt
+			fo.Fault, fo.FaultAt = fault, faultAt
 		}
-		flights = append(flights, simulator.NewFlight(f))
+		flights = append(flights, simulator.NewFlight(fo))
 	}
 
 	var sent, accepted atomic.Int64
 	sink := simulator.SinkFunc(func(ctx context.Context, frames []domain.Frame) error {
-		var res struct {
-			Accepted int `json:"accepted"`
-		}
-		if err := c.doRetry(ctx, http.MethodPost, "/api/telemetry", map[string]any{"frames": frames}, &res, notice); err != nil {
+		res, err := c.Ingest(ctx, frames)
+		if err != nil {
 			return fmt.Errorf("post telemetry: %w", err)
 		}
 		sent.Add(int64(len(frames)))
@@ -166,22 +161,23 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(stderr, "flights over after %.0fs: %d frames sent, %d accepted%s; waiting for missions to end\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
 
-	results := make([]httpapi.Status, 0, len(ids))
-	for _, id := range ids {
-		st, err := awaitEnd(ctx, c, id, notice)
-		if err != nil {
+	results := make([]client.Mission, 0, len(missionsFlown))
+	for _, m := range missionsFlown {
+		st, err := m.Wait(ctx)
+		var ended *client.InstanceError
+		if err != nil && !errors.As(err, &ended) {
 			return err
 		}
 		results = append(results, st)
 	}
-	if c.asJSON {
-		return c.printJSON(results)
+	if f.asJSON {
+		return f.printJSON(results)
 	}
 	sort.Slice(results, func(i, j int) bool { return results[i].InstanceID < results[j].InstanceID })
 	tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MISSION\tDRONE\tPHASE\tFAILURE\tCOMPENSATED")
 	for _, st := range results {
-		ms := missionStatus(st)
+		ms := st.Status
 		var steps []string
 		for _, comp := range ms.Compensations {
 			steps = append(steps, comp.Step)
@@ -204,12 +200,6 @@ func demoRequest(i int) domain.MissionRequest {
 	}
 }
 
-func fetchStatus(ctx context.Context, c *client, id string, notice func(error)) (httpapi.Status, error) {
-	var st httpapi.Status
-	err := c.doRetry(ctx, http.MethodGet, "/api/missions/"+url.PathEscape(id), nil, &st, notice)
-	return st, err
-}
-
 func retried(n *atomic.Int64) string {
 	if v := n.Load(); v > 0 {
 		return fmt.Sprintf(", %d requests resent", v)
@@ -220,50 +210,6 @@ func retried(n *atomic.Int64) string {
 func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
-}
-
-func awaitDispatch(ctx context.Context, c *client, id string, notice func(error)) (domain.MissionStatus, error) {
-	for {
-		st, err := fetchStatus(ctx, c, id, notice)
-		if err != nil {
-			return domain.MissionStatus{}, err
-		}
-		var ms domain.MissionStatus
-		_ = json.Unmarshal(st.CustomStatus, &ms)
-		if (ms.Route != nil && ms.DroneID != "") || ms.Phase.Terminal() || st.RuntimeStatus != "Running" && st.RuntimeStatus != "Pending" {
-			return ms, nil
-		}
-		if err := wait(ctx, 200*time.Millisecond); err != nil {
-			return domain.MissionStatus{}, fmt.Errorf("mission %s never dispatched a drone: %w", id, err)
-		}
-	}
-}
-
-func awaitEnd(ctx context.Context, c *client, id string, notice func(error)) (httpapi.Status, error) {
-	for {
-		st, err := fetchStatus(ctx, c, id, notice)
-		if err != nil {
-			return st, err
-		}
-		switch st.RuntimeStatus {
-		case "Completed", "Failed", "Terminated", "Canceled":
-			return st, nil
-		}
-		if err := wait(ctx, 250*time.Millisecond); err != nil {
-			return st, fmt.Errorf("mission %s still %s: %w", id, st.RuntimeStatus, err)
-		}
-	}
-}
-
-func wait(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // lockedWriter serialises writes to w.

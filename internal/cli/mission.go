@@ -9,135 +9,15 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dronehub/dronehub/client"
 	"github.com/dronehub/dronehub/domain"
-	"github.com/dronehub/dronehub/httpapi"
 )
-
-// client talks to a dronehub HTTP API.
-type client struct {
-	base string
-	// bases, when set (simulate), are worker URLs to fail over between;
-	// at indexes the one in use.
-	bases  []string
-	at     atomic.Int64
-	key    string
-	http   *http.Client
-	asJSON bool
-	out    io.Writer
-}
-
-func (a *App) clientFlags(fs *flag.FlagSet) *client {
-	c := &client{http: &http.Client{Timeout: 30 * time.Second}, out: a.Stdout}
-	fs.StringVar(&c.base, "url", "http://127.0.0.1:8080", "dronehub HTTP API base URL")
-	fs.StringVar(&c.key, "api-key", "", "API key sent as 'Authorization: Bearer KEY'")
-	fs.BoolVar(&c.asJSON, "json", false, "print JSON instead of a table")
-	return c
-}
-
-// parseInterleaved parses flags that may come before, between or after the
-// positional arguments ("mission status ID --json") and returns the
-// positionals.
-func (a *App) parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	first := true
-	for {
-		var err error
-		if first {
-			err = a.parse(fs, args)
-			first = false
-		} else if err = fs.Parse(args); err != nil && !errors.Is(err, flag.ErrHelp) {
-			err = errUsage
-		}
-		if err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
-// apiError is a non-2xx answer, carrying the problem detail.
-type apiError struct {
-	status int
-	detail string
-	fields []httpapi.FieldProblem
-}
-
-func (e *apiError) Error() string {
-	msg := fmt.Sprintf("HTTP %d: %s", e.status, e.detail)
-	for _, f := range e.fields {
-		msg += fmt.Sprintf("\n  %s: %s", f.Field, f.Message)
-	}
-	return msg
-}
-
-func (c *client) do(ctx context.Context, method, path string, body any, out any) (int, http.Header, error) {
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		raw, err := json.Marshal(b)
-		if err != nil {
-			return 0, nil, err
-		}
-		rd = bytes.NewReader(raw)
-	}
-	base := c.current()
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, rd)
-	if err != nil {
-		return 0, nil, fmt.Errorf("--url %q: %w", base, err)
-	}
-	if rd != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.key != "" {
-		req.Header.Set("Authorization", "Bearer "+c.key)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, nil, &unreachable{base: base, err: err}
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return resp.StatusCode, resp.Header, err
-	}
-	if resp.StatusCode >= 300 {
-		var p httpapi.Problem
-		if json.Unmarshal(data, &p) == nil && p.Detail != "" {
-			return resp.StatusCode, resp.Header, &apiError{status: resp.StatusCode, detail: p.Detail, fields: p.Errors}
-		}
-		return resp.StatusCode, resp.Header, &apiError{status: resp.StatusCode, detail: strings.TrimSpace(string(data))}
-	}
-	if out != nil && len(data) > 0 {
-		if raw, ok := out.(*json.RawMessage); ok {
-			*raw = append((*raw)[:0], data...)
-		} else if err := json.Unmarshal(data, out); err != nil {
-			return resp.StatusCode, resp.Header, fmt.Errorf("unexpected answer from %s: %w", base, err)
-		}
-	}
-	return resp.StatusCode, resp.Header, nil
-}
-
-func (c *client) printJSON(v any) error {
-	enc := json.NewEncoder(c.out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
 
 const missionUsage = `Usage: dronehub mission COMMAND [flags]
 
@@ -164,10 +44,10 @@ func (a *App) mission(ctx context.Context, args []string) error {
 	}
 	cmd, args := args[0], args[1:]
 	fs := a.flagSet("mission "+cmd, "mission "+cmd+" [flags]")
-	c := a.clientFlags(fs)
+	f := a.apiFlags(fs)
 	switch cmd {
 	case "start":
-		return a.missionStart(ctx, fs, c, args)
+		return a.missionStart(ctx, fs, f, args)
 	case "status":
 		history := fs.Bool("history", false, "include the orchestration history")
 		pos, err := a.parseInterleaved(fs, args)
@@ -177,20 +57,24 @@ func (a *App) mission(ctx context.Context, args []string) error {
 		if len(pos) != 1 {
 			return usageErr(a, "mission status ID")
 		}
-		path := "/api/missions/" + url.PathEscape(pos[0])
-		if *history {
-			path += "?showHistory=true"
-		}
-		var st httpapi.Status
-		if _, _, err := c.do(ctx, http.MethodGet, path, nil, &st); err != nil {
+		c, err := f.dial(client.Options{})
+		if err != nil {
 			return err
 		}
-		if c.asJSON {
-			return c.printJSON(st)
+		var opts []client.DescribeOption
+		if *history {
+			opts = append(opts, client.WithHistory())
 		}
-		return printMission(c.out, st)
+		st, err := c.Mission(pos[0]).Status(ctx, opts...)
+		if err != nil {
+			return err
+		}
+		if f.asJSON {
+			return f.printJSON(st)
+		}
+		return printMission(f.out, st)
 	case "list":
-		return a.missionList(ctx, fs, c, args)
+		return a.missionList(ctx, fs, f, args)
 	case "raise":
 		pos, err := a.parseInterleaved(fs, args)
 		if err != nil {
@@ -199,21 +83,24 @@ func (a *App) mission(ctx context.Context, args []string) error {
 		if len(pos) < 2 || len(pos) > 3 {
 			return usageErr(a, "mission raise ID EVENT [JSON]")
 		}
-		var body any
+		var payload any
 		if len(pos) == 3 {
 			if !json.Valid([]byte(pos[2])) {
 				return fmt.Errorf("event payload %q is not JSON (quote strings: '\"text\"')", pos[2])
 			}
-			body = []byte(pos[2])
+			payload = json.RawMessage(pos[2])
 		}
-		if _, _, err := c.do(ctx, http.MethodPost, "/api/missions/"+url.PathEscape(pos[0])+"/events/"+url.PathEscape(pos[1]), body, nil); err != nil {
-			var ae *apiError
-			if errors.As(err, &ae) && ae.status == http.StatusForbidden {
+		c, err := f.dial(client.Options{})
+		if err != nil {
+			return err
+		}
+		if err := c.Mission(pos[0]).RaiseEvent(ctx, pos[1], payload); err != nil {
+			if errors.Is(err, client.ErrForbidden) {
 				return fmt.Errorf("%w\nevent %q cannot be raised on mission %s: missions declare no public events unless the worker lists them in worker.Config.PublicEvents; to stop a mission use `dronehub mission cancel %s` (compensates) or `terminate`", err, pos[1], pos[0], pos[0])
 			}
 			return err
 		}
-		return c.done(map[string]string{"id": pos[0], "event": pos[1], "result": "raised"}, "event %s raised on mission %s\n", pos[1], pos[0])
+		return f.done(map[string]string{"id": pos[0], "event": pos[1], "result": "raised"}, "event %s raised on mission %s\n", pos[1], pos[0])
 	case "cancel", "terminate", "suspend", "resume":
 		reason := fs.String("reason", "", "reason recorded with the operation")
 		pos, err := a.parseInterleaved(fs, args)
@@ -223,14 +110,18 @@ func (a *App) mission(ctx context.Context, args []string) error {
 		if len(pos) != 1 {
 			return usageErr(a, "mission "+cmd+" ID [--reason TEXT]")
 		}
-		path := "/api/missions/" + url.PathEscape(pos[0]) + "/" + cmd
-		if *reason != "" {
-			path += "?reason=" + url.QueryEscape(*reason)
-		}
-		if _, _, err := c.do(ctx, http.MethodPost, path, nil, nil); err != nil {
+		c, err := f.dial(client.Options{})
+		if err != nil {
 			return err
 		}
-		return c.done(map[string]string{"id": pos[0], "result": cmd + " requested"}, "mission %s: %s requested\n", pos[0], cmd)
+		m := c.Mission(pos[0])
+		op := map[string]func(context.Context, string) error{
+			"cancel": m.Cancel, "terminate": m.Terminate, "suspend": m.Suspend, "resume": m.Resume,
+		}[cmd]
+		if err := op(ctx, *reason); err != nil {
+			return err
+		}
+		return f.done(map[string]string{"id": pos[0], "result": cmd + " requested"}, "mission %s: %s requested\n", pos[0], cmd)
 	case "purge":
 		pos, err := a.parseInterleaved(fs, args)
 		if err != nil {
@@ -239,22 +130,17 @@ func (a *App) mission(ctx context.Context, args []string) error {
 		if len(pos) != 1 {
 			return usageErr(a, "mission purge ID")
 		}
-		var res httpapi.PurgeResult
-		if _, _, err := c.do(ctx, http.MethodDelete, "/api/missions/"+url.PathEscape(pos[0]), nil, &res); err != nil {
+		c, err := f.dial(client.Options{})
+		if err != nil {
 			return err
 		}
-		return c.done(res, "mission %s purged\n", pos[0])
+		if err := c.Mission(pos[0]).Purge(ctx); err != nil {
+			return err
+		}
+		return f.done(map[string]int{"instancesDeleted": 1}, "mission %s purged\n", pos[0])
 	}
 	fmt.Fprintf(a.Stderr, "dronehub: unknown mission command %q\n\n%s", cmd, missionUsage)
 	return errUsage
-}
-
-func (c *client) done(v any, format string, args ...any) error {
-	if c.asJSON {
-		return c.printJSON(v)
-	}
-	_, err := fmt.Fprintf(c.out, format, args...)
-	return err
 }
 
 func usageErr(a *App, synopsis string) error {
@@ -277,7 +163,7 @@ func parseLatLon(flagName, s string) (*domain.LatLon, error) {
 
 func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
-func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, c *client, args []string) error {
+func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, f *apiFlags, args []string) error {
 	var (
 		file, id, drone, pickup, dropoff, pkg, size, deadline string
 		weight                                                float64
@@ -300,8 +186,9 @@ func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, c *client, arg
 	if len(pos) > 0 {
 		return fmt.Errorf("unexpected argument %q; mission start takes only flags", pos[0])
 	}
-	var body []byte
+	var req domain.MissionRequest
 	if file != "" {
+		var body []byte
 		if file == "-" {
 			body, err = io.ReadAll(os.Stdin)
 		} else {
@@ -310,8 +197,12 @@ func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, c *client, arg
 		if err != nil {
 			return fmt.Errorf("--file: %w", err)
 		}
+		// Read as the API reads it: an unknown field is named.
+		if err := domain.DecodeStrict(bytes.NewReader(body), &req); err != nil {
+			return fmt.Errorf("--file %s: mission request: %w", file, err)
+		}
 	} else {
-		req := domain.MissionRequest{MissionID: id, DroneID: drone, Expedited: expedited,
+		req = domain.MissionRequest{MissionID: id, DroneID: drone, Expedited: expedited,
 			Package: &domain.Package{ID: pkg, WeightKg: weight, Size: domain.Size(size)}}
 		if pickup == "" || dropoff == "" || pkg == "" {
 			return errors.New("mission start needs --pickup, --dropoff and --package (or --file)")
@@ -332,40 +223,20 @@ func (a *App) missionStart(ctx context.Context, fs *flag.FlagSet, c *client, arg
 		} else {
 			return fmt.Errorf("--deadline %q: want a duration (30m) or an RFC 3339 time", deadline)
 		}
-		if body, err = json.Marshal(req); err != nil {
-			return fmt.Errorf("mission start: cannot encode the request: %w", err)
-		}
 	}
-	var acc httpapi.Accepted
-	if _, _, err := c.do(ctx, http.MethodPost, "/api/missions", body, &acc); err != nil {
+	c, err := f.dial(client.Options{})
+	if err != nil {
 		return err
 	}
-	return c.done(acc, "mission %s started\nstatus: %s\n", acc.ID, c.resolve(acc.StatusQueryGetURI))
+	m, err := c.StartMission(ctx, req)
+	if err != nil {
+		return err
+	}
+	links := m.Links()
+	return f.done(links, "mission %s started\nstatus: %s\n", m.ID(), links.StatusQueryGetURI)
 }
 
-// resolve makes a URL from an answer absolute against --url: a worker
-// without --public-url answers with relative URLs.
-// A path from the root ("/api/missions/m-1") is joined to --url the way
-// requests are, so a --url with a path prefix (a reverse proxy) keeps it.
-func (c *client) resolve(ref string) string {
-	if u, err := url.Parse(ref); err != nil || u.IsAbs() || ref == "" {
-		return ref
-	}
-	if strings.HasPrefix(ref, "/") && !strings.HasPrefix(ref, "//") {
-		return strings.TrimSuffix(c.base, "/") + ref
-	}
-	base, err := url.Parse(strings.TrimSuffix(c.base, "/") + "/")
-	if err != nil {
-		return ref
-	}
-	u, err := base.Parse(ref)
-	if err != nil {
-		return ref
-	}
-	return u.String()
-}
-
-func (a *App) missionList(ctx context.Context, fs *flag.FlagSet, c *client, args []string) error {
+func (a *App) missionList(ctx context.Context, fs *flag.FlagSet, f *apiFlags, args []string) error {
 	status := fs.String("status", "", "runtime statuses to show, comma-separated (Running, Completed, Failed, Terminated, Pending, Suspended)")
 	prefix := fs.String("prefix", "", "only missions whose id starts with this")
 	top := fs.Int("top", 20, "missions per page")
@@ -377,39 +248,40 @@ func (a *App) missionList(ctx context.Context, fs *flag.FlagSet, c *client, args
 	if len(pos) > 0 {
 		return fmt.Errorf("unexpected argument %q; mission list takes only flags", pos[0])
 	}
-	q := url.Values{}
+	opts := client.ListOptions{IDPrefix: *prefix, PageSize: *top}
 	if *status != "" {
-		q.Set("runtimeStatus", *status)
-	}
-	if *prefix != "" {
-		q.Set("instanceIdPrefix", *prefix)
-	}
-	q.Set("top", strconv.Itoa(*top))
-	var items []httpapi.Status
-	token := ""
-	for {
-		if token != "" {
-			q.Set("continuationToken", token)
+		for _, s := range strings.Split(*status, ",") {
+			opts.RuntimeStatus = append(opts.RuntimeStatus, client.RuntimeStatus(strings.TrimSpace(s)))
 		}
-		var page httpapi.ListPage
-		if _, _, err := c.do(ctx, http.MethodGet, "/api/missions?"+q.Encode(), nil, &page); err != nil {
+	}
+	c, err := f.dial(client.Options{})
+	if err != nil {
+		return err
+	}
+	var items []client.Mission
+	token := ""
+	for page, err := range c.Missions(ctx, opts) {
+		if err != nil {
 			return err
 		}
-		items = append(items, page.Instances...)
+		items = append(items, page.Items...)
 		token = page.ContinuationToken
-		if token == "" || !*all {
+		if !*all {
 			break
 		}
 	}
-	if c.asJSON {
-		return c.printJSON(httpapi.ListPage{Instances: items, ContinuationToken: token})
+	if f.asJSON {
+		return f.printJSON(struct {
+			Instances         []client.Mission `json:"instances"`
+			ContinuationToken string           `json:"continuationToken,omitempty"`
+		}{items, token})
 	}
-	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(f.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATUS\tPHASE\tDRONE\tPROGRESS\tCREATED")
-	for _, st := range items {
-		ms := missionStatus(st)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f%%\t%s\n", st.InstanceID, st.RuntimeStatus, orDash(string(ms.Phase)), orDash(ms.DroneID),
-			ms.ProgressPct, st.CreatedTime.Local().Format(time.DateTime))
+	for _, m := range items {
+		ms := m.Status
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f%%\t%s\n", m.InstanceID, m.RuntimeStatus, orDash(string(ms.Phase)), orDash(ms.DroneID),
+			ms.ProgressPct, m.CreatedTime.Local().Format(time.DateTime))
 	}
 	if token != "" {
 		fmt.Fprintln(tw, "(more: use --all, or --top)")
@@ -424,23 +296,12 @@ func orDash(s string) string {
 	return s
 }
 
-// missionStatus reads a mission's status from its output when it ended,
-// else from its custom status.
-func missionStatus(st httpapi.Status) domain.MissionStatus {
-	var ms domain.MissionStatus
-	if json.Unmarshal(st.Output, &ms) == nil && ms.Phase != "" {
-		return ms
-	}
-	_ = json.Unmarshal(st.CustomStatus, &ms)
-	return ms
-}
-
-func printMission(w io.Writer, st httpapi.Status) error {
-	ms := missionStatus(st)
+func printMission(w io.Writer, m client.Mission) error {
+	ms := m.Status
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
-	row("mission", st.InstanceID)
-	row("runtime status", st.RuntimeStatus)
+	row("mission", m.InstanceID)
+	row("runtime status", string(m.RuntimeStatus))
 	row("phase", orDash(string(ms.Phase)))
 	row("drone", orDash(ms.DroneID))
 	row("progress", fmt.Sprintf("%.0f%% (%.0f m left)", ms.ProgressPct, ms.DistanceLeftM))
@@ -467,18 +328,18 @@ func printMission(w io.Writer, st httpapi.Status) error {
 		}
 		row(label, detail)
 	}
-	if st.FailureDetails != nil {
-		row("error", st.FailureDetails.ErrorMessage)
+	if m.FailureDetails != nil {
+		row("error", m.FailureDetails.ErrorMessage)
 	}
-	row("created", st.CreatedTime.Local().Format(time.DateTime))
-	row("updated", st.LastUpdatedTime.Local().Format(time.DateTime))
+	row("created", m.CreatedTime.Local().Format(time.DateTime))
+	row("updated", m.LastUpdatedTime.Local().Format(time.DateTime))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if len(st.History) > 0 {
+	if len(m.History) > 0 {
 		fmt.Fprintln(w, "\nhistory:")
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		for _, e := range st.History {
+		for _, e := range m.History {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\n", e.Timestamp.Local().Format("15:04:05.000"), e.EventType, strings.TrimSpace(e.Name+" "+e.Detail))
 		}
 		return tw.Flush()
@@ -503,7 +364,7 @@ func (a *App) drone(ctx context.Context, args []string) error {
 	}
 	cmd, args := args[0], args[1:]
 	fs := a.flagSet("drone "+cmd, "drone "+cmd+" [flags]")
-	c := a.clientFlags(fs)
+	f := a.apiFlags(fs)
 	switch cmd {
 	case "add":
 		home := fs.String("home", "", "home base LAT,LON")
@@ -518,42 +379,48 @@ func (a *App) drone(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		var ds httpapi.DroneStatus
-		if _, _, err := c.do(ctx, http.MethodPost, "/api/drones", httpapi.NewDrone{ID: pos[0], Home: h}, &ds); err != nil {
+		c, err := f.dial(client.Options{})
+		if err != nil {
 			return err
 		}
-		return c.done(ds, "drone %s added at %.5f,%.5f\n", ds.DroneID, ds.Home.Lat, ds.Home.Lon)
+		d, err := c.AddDrone(ctx, pos[0], *h)
+		if err != nil {
+			return err
+		}
+		return f.done(d, "drone %s added at %.5f,%.5f\n", d.DroneID, d.Home.Lat, d.Home.Lon)
 	case "list", "status":
 		pos, err := a.parseInterleaved(fs, args)
 		if err != nil {
 			return err
 		}
-		var drones []httpapi.DroneStatus
-		if cmd == "status" {
-			if len(pos) != 1 {
-				return usageErr(a, "drone status ID")
-			}
-			var ds httpapi.DroneStatus
-			if _, _, err := c.do(ctx, http.MethodGet, "/api/drones/"+url.PathEscape(pos[0])+"/status", nil, &ds); err != nil {
-				return err
-			}
-			if c.asJSON {
-				return c.printJSON(ds)
-			}
-			drones = []httpapi.DroneStatus{ds}
-		} else {
-			var list struct {
-				Drones []httpapi.DroneStatus `json:"drones"`
-			}
-			if _, _, err := c.do(ctx, http.MethodGet, "/api/drones", nil, &list); err != nil {
-				return err
-			}
-			if c.asJSON {
-				return c.printJSON(list)
-			}
-			drones = list.Drones
+		if cmd == "status" && len(pos) != 1 {
+			return usageErr(a, "drone status ID")
 		}
-		tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		c, err := f.dial(client.Options{})
+		if err != nil {
+			return err
+		}
+		var drones []client.Drone
+		if cmd == "status" {
+			d, err := c.Drone(ctx, pos[0])
+			if err != nil {
+				return err
+			}
+			if f.asJSON {
+				return f.printJSON(d)
+			}
+			drones = []client.Drone{d}
+		} else {
+			if drones, err = c.Drones(ctx); err != nil {
+				return err
+			}
+			if f.asJSON {
+				return f.printJSON(struct {
+					Drones []client.Drone `json:"drones"`
+				}{drones})
+			}
+		}
+		tw := tabwriter.NewWriter(f.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "DRONE\tMISSION\tMODE\tBATTERY\tHEALTH\tPOSITION\tSEQ")
 		for _, d := range drones {
 			mode, battery, position, seq := "-", "-", "-", "-"
