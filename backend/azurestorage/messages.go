@@ -576,6 +576,32 @@ func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
 		time.Since(time.Unix(0, b.orchPolling.Load())) < b.opts.MaxPollInterval+time.Second
 }
 
+// carriable reports whether an activity result for control queue q can be
+// carried (see carry). Unlike a message handed over, a result may overtake
+// the queue's backlog, so the queue need not be drained: nothing queued for
+// an instance has to reach it before the result of an activity it
+// scheduled. Messages from others (events, signals, terminate) are
+// concurrent with the result, and any order of the two is one the senders
+// could have produced; results of the instance's other activities may come
+// in any order; and a message the instance sent itself before scheduling
+// the activity (a timer) is not ordered with the activity either. The
+// backlog bound and the poller check still apply: a carried result stands
+// for its activity message, held and renewed by this process.
+func (b *Backend) carriable(q *azqueue.QueueClient) bool {
+	if b.bg.Err() != nil {
+		return false
+	}
+	p := b.queuePartition(q)
+	if p < 0 {
+		return false
+	}
+	b.mu.Lock()
+	backlog := len(b.ready)
+	b.mu.Unlock()
+	return b.lm.isActive(p) && backlog < maxHandBacklog &&
+		time.Since(time.Unix(0, b.orchPolling.Load())) < b.opts.MaxPollInterval+time.Second
+}
+
 // queuePartition is the partition of control queue q, or -1 for any other
 // queue (the work-item and telemetry queues).
 func (b *Backend) queuePartition(q *azqueue.QueueClient) int {
@@ -650,7 +676,7 @@ func (b *Backend) carry(m *inMsg, env envelope, result *dtbackend.HistoryEvent) 
 		return false
 	}
 	env.Event = payload
-	if !b.handDeliverable(q, env) {
+	if !b.carriable(q) {
 		return false
 	}
 	body, err := json.Marshal(env)
