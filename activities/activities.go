@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/microsoft/durabletask-go/task"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
@@ -187,7 +188,7 @@ func (a *Activities) effect(ctx context.Context, m MissionRef, kind, detail stri
 		return err
 	}
 	if recorded {
-		a.log.Info("mission effect", "mission", m.MissionID, "run", m.Run, "effect", kind, "detail", detail)
+		a.log.InfoContext(ctx, "mission effect", "mission", m.MissionID, "run", m.Run, "effect", kind, "detail", detail)
 	}
 	return nil
 }
@@ -333,6 +334,9 @@ func (a *Activities) DispatchDrone(ctx context.Context, in DispatchInput) (struc
 		}
 		d.Deadline, d.Delivered, d.LastAlarmAt = in.Deadline, false, time.Time{}
 		d.RoutePhase = domain.PhaseHeadedToPickup
+		// The dispatch's span is in the mission's trace: ingestion links
+		// to it ("" when tracing is off).
+		d.MissionTrace = traceParent(trace.SpanContextFromContext(ctx))
 		return nil
 	})
 	if err != nil {
@@ -395,7 +399,7 @@ func (a *Activities) ReleaseDrone(ctx context.Context, m MissionRef) (struct{}, 
 func (a *Activities) free(ctx context.Context, m MissionRef) error {
 	_, err := a.store.UpdateDrone(ctx, m.DroneID, func(d *fleet.Drone) error {
 		if d.MissionID == m.MissionID {
-			d.MissionID, d.Route, d.RoutePhase = "", nil, ""
+			d.MissionID, d.Route, d.RoutePhase, d.MissionTrace = "", nil, "", ""
 			d.DispatchedAt, d.Deadline, d.Delivered = time.Time{}, time.Time{}, false
 		}
 		return nil

@@ -11,9 +11,14 @@ import (
 
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/task"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
+	"github.com/dronehub/dronehub/metrics"
 )
 
 // Signaler raises an event on an orchestration instance. A durabletask-go
@@ -37,6 +42,13 @@ type IngestOptions struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now. Tests set it.
 	Now func() time.Time
+	// Metrics receives the frames by verdict, the signals and the time
+	// each batch took; nil records nothing.
+	Metrics *metrics.Metrics
+	// Tracer, when set, gets a span per batch, linked to the trace of each
+	// mission the batch raised signals to (see fleet.Drone.MissionTrace);
+	// nil traces nothing.
+	Tracer trace.Tracer
 }
 
 // Ingestor applies telemetry to drone state and raises meaningful changes to
@@ -109,6 +121,28 @@ func (r *IngestResult) count(v domain.Verdict) {
 // frames of drones already updated stay applied, and sending the batch again
 // is safe because those frames now come back as duplicates.
 func (in *Ingestor) Ingest(ctx context.Context, frames []domain.DecodedFrame) (IngestResult, error) {
+	start := time.Now()
+	var span trace.Span
+	if in.opts.Tracer != nil {
+		ctx, span = in.opts.Tracer.Start(ctx, "ingest_telemetry", trace.WithAttributes(attribute.Int("dronehub.telemetry.frames", len(frames))))
+	}
+	res, err := in.ingest(ctx, frames)
+	if span != nil {
+		span.SetAttributes(attribute.Int("dronehub.telemetry.accepted", res.Accepted), attribute.Int("dronehub.telemetry.duplicates", res.Duplicates),
+			attribute.Int("dronehub.telemetry.stale", res.Stale), attribute.Int("dronehub.telemetry.rejected", res.Rejected),
+			attribute.Int("dronehub.telemetry.signals", res.Signals))
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "storage failed")
+		}
+		span.End()
+	}
+	in.opts.Metrics.ObserveIngest(metrics.Batch{Accepted: res.Accepted, Duplicates: res.Duplicates, Stale: res.Stale,
+		Rejected: res.Rejected, Signals: res.Signals, Took: time.Since(start)})
+	return res, err
+}
+
+func (in *Ingestor) ingest(ctx context.Context, frames []domain.DecodedFrame) (IngestResult, error) {
 	res := IngestResult{Frames: make([]FrameVerdict, len(frames))}
 	byDrone := map[string][]int{}
 	var order []string
@@ -165,6 +199,9 @@ type droneOutcome struct {
 	signals   []domain.Signal
 	key       string // the signal key after the frames
 	missionID string
+	// trace is the mission's trace (fleet.Drone.MissionTrace), when
+	// tracing is on and the drone's dispatch was traced.
+	trace trace.SpanContext
 }
 
 // ingestDrones applies each drone's frames in one update of all the
@@ -266,9 +303,18 @@ func (in *Ingestor) raise(ctx context.Context, id string, o droneOutcome) bool {
 	for _, sig := range o.signals {
 		payload, _ := json.Marshal(sig)
 		if err := in.signal.RaiseEvent(ctx, api.InstanceID(o.missionID), domain.SignalEvent, api.WithRawEventData(string(payload))); err != nil {
-			in.log.Warn("raise telemetry signal failed; it is raised again with the next frame", "drone", id, "mission", o.missionID, "err", err)
+			in.log.WarnContext(ctx, "raise telemetry signal failed; it is raised again with the next frame", "drone", id, "mission", o.missionID, "err", err)
 			return false
 		}
+	}
+	if o.trace.IsValid() {
+		// The batch advanced the mission: link its span to the mission's
+		// trace, which lives on in other spans (a signal event carries no
+		// trace context in durabletask-go).
+		trace.SpanFromContext(ctx).AddLink(trace.Link{SpanContext: o.trace, Attributes: []attribute.KeyValue{
+			attribute.String("dronehub.mission.id", o.missionID), attribute.String("dronehub.drone.id", id),
+			attribute.Int("dronehub.telemetry.signals", len(o.signals)),
+		}})
 	}
 	return true
 }
@@ -278,6 +324,9 @@ func (in *Ingestor) raise(ctx context.Context, id string, o droneOutcome) bool {
 func (in *Ingestor) apply(d *fleet.Drone, frames []domain.DecodedFrame, idx []int, out []FrameVerdict, now time.Time) droneOutcome {
 	o := droneOutcome{key: d.LastSignalKey, missionID: d.MissionID}
 	bound := d.MissionID != "" && d.Route != nil
+	if bound && in.opts.Tracer != nil && d.MissionTrace != "" {
+		o.trace = spanContextOf(d.MissionTrace)
+	}
 	for _, i := range idx {
 		v, reason := d.Tracked.Apply(frames[i].Frame)
 		out[i].Verdict, out[i].Reason = v, reason
@@ -386,4 +435,20 @@ func (in *Ingestor) Register(r *task.TaskRegistry, mw Middleware) error {
 		act = mw(IngestTelemetry, act)
 	}
 	return r.AddActivityN(IngestTelemetry, act)
+}
+
+// traceParent is sc as a W3C traceparent, "" unless it is valid and sampled.
+func traceParent(sc trace.SpanContext) string {
+	if !sc.IsValid() || !sc.IsSampled() {
+		return ""
+	}
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(trace.ContextWithSpanContext(context.Background(), sc), c)
+	return c["traceparent"]
+}
+
+// spanContextOf parses a W3C traceparent; invalid when it is not one.
+func spanContextOf(traceparent string) trace.SpanContext {
+	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": traceparent})
+	return trace.SpanContextFromContext(ctx)
 }

@@ -31,7 +31,9 @@ func openAzure(ctx context.Context, conn string, opts Options) (*Hub, error) {
 		MaxDequeueCount:  opts.MaxDequeueCount,
 		Wake:             opts.Wake,
 		IdlePollInterval: opts.IdlePollInterval,
+		HTTPAddr:         opts.HTTPAddr,
 		Logger:           opts.Logger,
+		TracerProvider:   opts.TracerProvider,
 	})
 	if err != nil {
 		return nil, err

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/dronehub/dronehub/backend/sqlite"
 	"github.com/dronehub/dronehub/fleet"
 	"github.com/dronehub/dronehub/taskhub"
@@ -56,11 +58,18 @@ type Options struct {
 	// Ignored by SQLite.
 	Wake             string
 	IdlePollInterval time.Duration
+	// HTTPAddr is the address the worker's HTTP API listens on; an Azure
+	// Storage worker publishes it, with its host name, in its heartbeat
+	// (HubInfo.Workers). Ignored by SQLite.
+	HTTPAddr string
 	// MustExist makes Open fail with ErrHubNotFound instead of creating a
 	// hub that does not exist yet (for inspection and deletion).
 	MustExist bool
 	// Logger receives backend logs; default slog.Default().
 	Logger *slog.Logger
+	// TracerProvider, when set, puts the storage calls made inside a trace
+	// in it (Azure Storage; see docs/tracing.md). Nil traces nothing.
+	TracerProvider trace.TracerProvider
 }
 
 // ErrHubNotFound is returned by Open with MustExist for a missing hub.

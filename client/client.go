@@ -82,6 +82,11 @@ type Client interface {
 	// Drone reads one drone; Drones lists the fleet, ordered by id.
 	Drone(ctx context.Context, id string) (Drone, error)
 	Drones(ctx context.Context) ([]Drone, error)
+	// ResetDrone puts an idle drone back in service after a failure: its
+	// telemetry state says healthy, fully charged and on the ground at
+	// home, and its sequence numbers continue (Drone.NextSeq). A drone a
+	// mission holds is ErrConflict; an unknown one ErrNotFound.
+	ResetDrone(ctx context.Context, id string) (Drone, error)
 	// Fleet counts the fleet's drones by condition.
 	Fleet(ctx context.Context) (FleetSummary, error)
 

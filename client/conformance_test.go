@@ -154,6 +154,7 @@ func agree(t *testing.T, local, remote client.Client) {
 		{"terminate an ended instance", 410, client.ErrGone, func(c client.Client) error { return c.Instance(ended.ID()).Terminate(ctx, "") }},
 		{"purge a running instance", 409, client.ErrConflict, func(c client.Client) error { return c.Instance(waiting.ID()).Purge(ctx) }},
 		{"unknown drone", 404, client.ErrNotFound, func(c client.Client) error { _, err := c.Drone(ctx, "agree-nope"); return err }},
+		{"reset an unknown drone", 404, client.ErrNotFound, func(c client.Client) error { _, err := c.ResetDrone(ctx, "agree-nope"); return err }},
 		{"existing drone", 409, client.ErrConflict, func(c client.Client) error {
 			_, err := c.AddDrone(ctx, "agree-drone", domain.LatLon{})
 			return err
@@ -291,6 +292,11 @@ func (s suite) fleet(t *testing.T) {
 	if !slices.Contains(ids, s.p+"-d1") || !slices.Contains(ids, s.p+"-d2") || !slices.IsSorted(ids) {
 		t.Errorf("drones %v: want ours, in id order", ids)
 	}
+	// A reset drone is healthy, charged and at home, its sequence kept.
+	if d, err := s.c.ResetDrone(ctx, s.p+"-d2"); err != nil || d.Health != "ok" || d.State == nil || d.State.Battery != 1 ||
+		d.State.Position.LatLon() != base || d.NextSeq() != 1 {
+		t.Errorf("reset %s: %+v, %v: want it healthy, charged, at home, NextSeq 1", s.p+"-d2", d, err)
+	}
 	sum, err := s.c.Fleet(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -404,6 +410,9 @@ func (s suite) missionCancelled(t *testing.T) {
 	}
 	if err := m.Purge(ctx); !errors.Is(err, client.ErrConflict) {
 		t.Errorf("purging a running mission: %v, want ErrConflict", err)
+	}
+	if _, err := s.c.ResetDrone(ctx, req.DroneID); !errors.Is(err, client.ErrConflict) || !strings.Contains(err.Error(), req.MissionID) {
+		t.Errorf("resetting the mission's drone: %v, want ErrConflict naming the mission", err)
 	}
 	if err := m.Suspend(ctx, "weather"); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,7 @@ type transport interface {
 	ingest(ctx context.Context, frames []domain.Frame, body []byte) (IngestResult, error)
 	drone(ctx context.Context, id string) (httpapi.DroneStatus, error)
 	drones(ctx context.Context) ([]httpapi.DroneStatus, error)
+	resetDrone(ctx context.Context, id string) (httpapi.DroneStatus, error)
 	addDrone(ctx context.Context, nd httpapi.NewDrone) (httpapi.DroneStatus, error)
 	fleet(ctx context.Context) (FleetSummary, error)
 	hubInfo(ctx context.Context) (HubInfo, error)
@@ -251,6 +252,14 @@ func (c *client) Drone(ctx context.Context, id string) (Drone, error) {
 		return Drone{}, err
 	}
 	ds, err := c.t.drone(ctx, id)
+	return Drone(ds), err
+}
+
+func (c *client) ResetDrone(ctx context.Context, id string) (Drone, error) {
+	if err := checkSegment("drone id", id); err != nil {
+		return Drone{}, err
+	}
+	ds, err := c.t.resetDrone(ctx, id)
 	return Drone(ds), err
 }
 

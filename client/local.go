@@ -97,6 +97,11 @@ func (l local) drones(ctx context.Context) ([]httpapi.DroneStatus, error) {
 	return list, fromService(err)
 }
 
+func (l local) resetDrone(ctx context.Context, id string) (httpapi.DroneStatus, error) {
+	ds, err := l.api.ResetDrone(ctx, id)
+	return ds, fromService(err)
+}
+
 func (l local) addDrone(ctx context.Context, nd httpapi.NewDrone) (httpapi.DroneStatus, error) {
 	ds, err := l.api.AddDrone(ctx, nd)
 	return ds, fromService(err)

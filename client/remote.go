@@ -54,9 +54,9 @@ type Options struct {
 // failure (no answer, 502, 503, 504): reads, mission starts (the client
 // sets the mission id, so a repeat cannot start a second mission),
 // telemetry (frames already applied come back as duplicates), terminate,
-// suspend, resume and cancel. Orchestration starts, events, purges, drone
-// registrations and dead-letter replays are repeated only when the worker
-// says it did nothing: 429, a 503 "the server is busy", or no connection.
+// suspend, resume, cancel and drone resets. Orchestration starts, events,
+// purges, drone registrations and dead-letter replays are repeated only
+// when the worker says it did nothing: 429, a 503 "the server is busy", or no connection.
 type RetryPolicy struct {
 	// MaxAttempts bounds the attempts of one request, the first included;
 	// default 4. 1 sends each request once; a negative value repeats until
@@ -420,6 +420,13 @@ func (r *remote) drones(ctx context.Context) ([]httpapi.DroneStatus, error) {
 	var list httpapi.DroneList
 	_, err := r.do(ctx, request{method: http.MethodGet, path: "/api/drones", idempotent: true, out: &list})
 	return list.Drones, err
+}
+
+func (r *remote) resetDrone(ctx context.Context, id string) (httpapi.DroneStatus, error) {
+	var ds httpapi.DroneStatus
+	// Resetting twice leaves the drone as resetting once: it may be repeated.
+	_, err := r.do(ctx, request{method: http.MethodPost, path: "/api/drones/" + url.PathEscape(id) + "/reset", idempotent: true, out: &ds})
+	return ds, err
 }
 
 func (r *remote) addDrone(ctx context.Context, nd httpapi.NewDrone) (httpapi.DroneStatus, error) {

@@ -55,6 +55,10 @@ type Drone struct {
 	Delivered   bool         `json:"delivered,omitempty"`
 	LastFrameAt time.Time    `json:"lastFrameAt,omitempty"`
 	LastAlarmAt time.Time    `json:"lastAlarmAt,omitempty"`
+	// MissionTrace is the W3C traceparent of the span that dispatched the
+	// drone, in its mission's trace, when tracing was on: telemetry
+	// ingestion links its spans to the mission's trace with it.
+	MissionTrace string `json:"missionTrace,omitempty"`
 }
 
 // Effect is a side effect an activity performed for a mission, recorded

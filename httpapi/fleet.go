@@ -23,8 +23,7 @@ func (h *handler) telemetry(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	res, err := h.svc.Ingest(r.Context(), frames)
-	h.metrics.countFrames(res)
+	res, err := h.svc.Ingest(r.Context(), frames) // the Ingestor counts the frames (metrics)
 	if err != nil {
 		h.fail(w, r, err)
 		return

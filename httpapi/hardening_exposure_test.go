@@ -276,7 +276,7 @@ func TestHardeningMetricsCanRequireTheKey(t *testing.T) {
 		t.Errorf("a 401 for /metrics shows metrics: %s", r.Body)
 	}
 	e.do("GET", "/metrics", nil, "Authorization", "Bearer wrong-key-0123456789").wantProblem(t, http.StatusUnauthorized)
-	if r := e.do("GET", "/metrics", nil, "Authorization", "Bearer "+apiKey); r.Code != http.StatusOK || !bytes.Contains(r.Body, []byte("dronehub_http_requests_total")) {
+	if r := e.do("GET", "/metrics", nil, "Authorization", "Bearer "+apiKey); r.Code != http.StatusOK || !bytes.Contains(r.Body, []byte("dronehub_missions_started_total")) {
 		t.Errorf("/metrics with the key: %d %s", r.Code, r.Body)
 	}
 	// Probes stay open.

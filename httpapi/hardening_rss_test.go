@@ -177,7 +177,7 @@ func TestWorkerRSSUnderTelemetryLoad(t *testing.T) {
 		res.Body.Close()
 		var lines []string
 		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, `dronehub_http_requests_total{route="POST /api/telemetry"`) || strings.HasPrefix(l, "dronehub_http_rejected_total{") {
+			if strings.HasPrefix(l, `dronehub_http_requests_total{`) && strings.Contains(l, `route="POST /api/telemetry"`) || strings.HasPrefix(l, "dronehub_http_rejected_total{") {
 				lines = append(lines, l)
 			}
 		}

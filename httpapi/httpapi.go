@@ -28,10 +28,13 @@ import (
 	"unicode/utf8"
 
 	dtbackend "github.com/microsoft/durabletask-go/backend"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dronehub/dronehub/activities"
 	"github.com/dronehub/dronehub/fleet"
+	"github.com/dronehub/dronehub/metrics"
 	"github.com/dronehub/dronehub/orchestrations"
+	"github.com/dronehub/dronehub/scale"
 	"github.com/dronehub/dronehub/taskhub"
 )
 
@@ -121,6 +124,23 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock used to validate deadlines; default time.Now.
 	Now func() time.Time
+	// Mounts are more routes, by http.ServeMux pattern ("GET /ui/"),
+	// served outside admission control and the storage deadline (a
+	// long-lived stream must not hold a request slot); paths under /api/
+	// need the API key like every /api route. The worker mounts its
+	// dashboard here (package dashboard).
+	Mounts map[string]http.Handler
+	// Metrics receives the API's series and is what GET /metrics serves
+	// (docs/metrics.md); nil means metrics of the handler's own, on a new
+	// registry.
+	Metrics *metrics.Metrics
+	// TracerProvider, when set, gets a server span per API request (every
+	// /api route), continuing a trace the client started (W3C traceparent);
+	// nil traces nothing.
+	TracerProvider trace.TracerProvider
+	// Scale serves GET /api/hub/scale, the task hub's scale signal
+	// (package scale); nil answers 501.
+	Scale scale.Source
 }
 
 type handler struct {
@@ -129,7 +149,8 @@ type handler struct {
 	mux       *http.ServeMux
 	log       *slog.Logger
 	keys      [][sha256.Size]byte
-	metrics   *metrics
+	metrics   *metrics.Metrics
+	tracer    trace.Tracer // nil when tracing is off
 	publicURL string
 	limiter   *limiter
 	breaker   *breaker
@@ -154,8 +175,11 @@ func NewHandler(opts Options) http.Handler {
 		opts.StorageTimeout = DefaultStorageTimeout
 	}
 	opts.Mission = opts.Mission.WithDefaults()
+	if opts.Metrics == nil {
+		opts.Metrics, _ = metrics.New(metrics.Options{}) // a new registry: cannot collide
+	}
 	h := &handler{
-		opts: opts, svc: NewService(opts), mux: http.NewServeMux(), log: opts.Logger, metrics: newMetrics(),
+		opts: opts, svc: NewService(opts), mux: http.NewServeMux(), log: opts.Logger, metrics: opts.Metrics,
 		limiter:   &limiter{maxN: opts.MaxInFlight, maxW: opts.MaxBodyMemory},
 		breaker:   &breaker{interval: time.Second, log: opts.Logger, timeout: opts.StorageTimeout},
 		queueWait: opts.StorageTimeout / 2,
@@ -170,7 +194,10 @@ func NewHandler(opts Options) http.Handler {
 		}
 		h.publicURL = u
 	}
-	h.metrics.limiter = h.limiter
+	h.metrics.SetHTTPLoad(h.limiter.load)
+	if opts.TracerProvider != nil {
+		h.tracer = opts.TracerProvider.Tracer(tracerName)
+	}
 	for _, k := range opts.APIKeys {
 		h.keys = append(h.keys, sha256.Sum256([]byte(k)))
 	}
@@ -195,33 +222,33 @@ func NewHandler(opts Options) http.Handler {
 	h.route("GET /api/drones", 0, h.listDrones)
 	h.route("POST /api/drones", MaxMissionBody, h.addDrone)
 	h.route("GET /api/drones/{id}/status", 0, h.droneStatus)
+	h.route("POST /api/drones/{id}/reset", 0, h.resetDrone)
 	h.route("GET /api/fleet", 0, h.fleetSummary)
 	h.route("GET /api/hub", 0, h.hubInfo)
+	h.route("GET /api/hub/scale", 0, h.hubScale)
 	h.route("GET /api/deadletters", 0, h.deadLetters)
 	h.route("POST /api/deadletters/{id}/replay", 0, h.replayDeadLetter)
 	h.route("GET /readyz", 0, h.readyz)
-	// /healthz and /metrics touch no storage and are never turned away.
+	for pattern, mh := range opts.Mounts {
+		h.open(pattern, mh.ServeHTTP)
+	}
+	// /healthz and /metrics never wait on storage and are never turned
+	// away (the metrics read from storage are refreshed in the background).
 	h.open("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	h.open("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		var counts map[string]int64
-		if rc, ok := opts.Backend.(taskhub.RequestCounter); ok {
-			counts = rc.RequestCounts()
-		}
-		h.metrics.serve(w, counts)
-	})
+	h.open("GET /metrics", h.metrics.Handler().ServeHTTP)
 	return h
 }
 
 // route serves pattern through admission control (see admit).
 func (h *handler) route(pattern string, bodyLimit int64, fn http.HandlerFunc) {
-	h.mux.Handle(pattern, h.metrics.instrument(pattern, h.admit(bodyLimit, fn)))
+	h.mux.Handle(pattern, h.instrument(pattern, pattern != "GET /readyz", h.admit(bodyLimit, fn)))
 }
 
 // open serves pattern without admission control.
 func (h *handler) open(pattern string, fn http.HandlerFunc) {
-	h.mux.Handle(pattern, h.metrics.instrument(pattern, fn))
+	h.mux.Handle(pattern, h.instrument(pattern, false, fn))
 }
 
 // ctxKey carries the handler in a request's context, for baseURL.
@@ -743,7 +770,7 @@ func (h *handler) admit(bodyLimit int64, fn http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		if !h.breaker.allow(time.Now()) {
-			h.metrics.rejected[rejectStorage].Add(1)
+			h.metrics.Rejected(metrics.RejectStorage)
 			h.storageDown(w)
 			return
 		}
@@ -767,7 +794,7 @@ func (h *handler) admit(bodyLimit int64, fn http.HandlerFunc) http.HandlerFunc {
 		weight = min(weight, h.limiter.maxW)
 		arrived := time.Now()
 		if !h.limiter.acquire(r.Context(), weight, h.queueWait) {
-			h.metrics.rejected[rejectBusy].Add(1)
+			h.metrics.Rejected(metrics.RejectBusy)
 			w.Header().Set("Retry-After", "1")
 			writeProblem(w, http.StatusServiceUnavailable, "the server is busy: too many requests in flight; retry after 1 s")
 			return

@@ -155,13 +155,10 @@ func (h *handler) startMission(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	id, created, err := h.svc.StartMission(r.Context(), req, at)
+	id, _, err := h.svc.StartMission(r.Context(), req, at) // Service counts the start (metrics)
 	if err != nil {
 		h.fail(w, r, err)
 		return
-	}
-	if created {
-		h.metrics.missionsStarted.Add(1)
 	}
 	h.accepted(w, r, ScopeMissions, id)
 }

@@ -117,10 +117,10 @@ func TestMetrics(t *testing.T) {
 	text := string(r.Body)
 	for _, want := range []string{
 		"# TYPE dronehub_http_requests_total counter",
-		`dronehub_http_requests_total{route="GET /healthz",code="200"} 1`,
-		`dronehub_http_requests_total{route="GET /api/missions/{id}",code="404"} 1`,
-		`dronehub_http_requests_total{route="POST /api/missions",code="202"} 1`,
-		`dronehub_http_request_duration_seconds_count{route="POST /api/telemetry"} 1`,
+		`dronehub_http_requests_total{code="200",route="GET /healthz"} 1`,
+		`dronehub_http_requests_total{code="404",route="GET /api/missions/{id}"} 1`,
+		`dronehub_http_requests_total{code="202",route="POST /api/missions"} 1`,
+		`dronehub_http_request_duration_seconds_count{code="200",route="POST /api/telemetry"} 1`,
 		"dronehub_missions_started_total 1",
 		`dronehub_telemetry_frames_total{verdict="accepted"} 1`,
 		`dronehub_telemetry_frames_total{verdict="duplicate"} 1`,
@@ -135,7 +135,9 @@ func TestRouting(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 
-	for _, path := range []string{"/", "/nope", "/api/nope", "/api/missions/a/b/c", "/api/drones/drone-1"} {
+	// "/" leads to the dashboard the worker mounts (issue #9); see
+	// dashboard.TestPagesArePublicFeedNeedsTheKey.
+	for _, path := range []string{"/nope", "/api/nope", "/api/missions/a/b/c", "/api/drones/drone-1"} {
 		p := e.do("GET", path, nil).wantProblem(t, http.StatusNotFound)
 		if !strings.Contains(p.Detail, path) {
 			t.Errorf("GET %s: 404 detail %q does not name the path", path, p.Detail)

@@ -190,6 +190,7 @@ func (s *Service) StartMission(ctx context.Context, req domain.MissionRequest, s
 	}
 	_, err = s.opts.Client.ScheduleNewOrchestration(ctx, orchestrations.DeliveryMissionName, opts...)
 	if err == nil {
+		s.opts.Metrics.MissionStarted()
 		return req.MissionID, true, nil
 	}
 	if !errors.Is(err, api.ErrDuplicateInstance) {
@@ -363,10 +364,13 @@ func (s *Service) Status(ctx context.Context, sc Scope, id string, history bool)
 }
 
 // parseQuery reads a listing's query parameters (runtimeStatus,
-// createdTimeFrom, createdTimeTo, instanceIdPrefix, top, continuationToken)
-// into a query in scope.
+// createdTimeFrom, createdTimeTo, instanceIdPrefix, top, continuationToken,
+// and on /api/instances name) into a query in scope.
 func parseQuery(sc Scope, v url.Values) (taskhub.Query, error) {
 	q := taskhub.Query{Name: sc.name(), InstanceIDPrefix: v.Get("instanceIdPrefix")}
+	if sc == ScopeInstances {
+		q.Name = v.Get("name") // the orchestrator's name; "" for all
+	}
 	if s := v.Get("runtimeStatus"); s != "" {
 		for _, part := range strings.Split(s, ",") {
 			st, err := taskhub.ParseStatus(strings.TrimSpace(part))
@@ -399,7 +403,8 @@ func parseQuery(sc Scope, v url.Values) (taskhub.Query, error) {
 // List lists instances in scope, oldest first, one page at a time; query
 // holds the listing's query parameters: runtimeStatus (comma-separated),
 // createdTimeFrom, createdTimeTo, instanceIdPrefix, top and
-// continuationToken, as GET /api/missions takes them.
+// continuationToken, as GET /api/missions takes them, and in ScopeInstances
+// name, the orchestrator's name.
 func (s *Service) List(ctx context.Context, sc Scope, query url.Values) (ListPage, error) {
 	q, err := parseQuery(sc, query)
 	if err != nil {
@@ -417,6 +422,28 @@ func (s *Service) List(ctx context.Context, sc Scope, query url.Values) (ListPag
 		out.Instances = append(out.Instances, statusOf(md))
 	}
 	return out, nil
+}
+
+// InstancesChangedSince lists the instances of any orchestrator whose
+// status was written at or after since, as List shows them, and the time to
+// pass as since next (see taskhub.ChangeLister: the store's clock; keep an
+// overlap of a few seconds). A backend without the capability is a 501
+// (*Error, Status http.StatusNotImplemented); more than limit changes is a
+// 503 wrapping taskhub.ErrTooManyChanges.
+func (s *Service) InstancesChangedSince(ctx context.Context, since time.Time, limit int) ([]Status, time.Time, error) {
+	cl, ok := s.opts.Backend.(taskhub.ChangeLister)
+	if !ok {
+		return nil, time.Time{}, s.notSupported("listing of changed instances")
+	}
+	mds, next, err := cl.InstancesChangedSince(ctx, since, limit)
+	if err != nil {
+		return nil, time.Time{}, storageFailed("list changed instances", err)
+	}
+	out := make([]Status, 0, len(mds))
+	for _, md := range mds {
+		out = append(out, statusOf(md))
+	}
+	return out, next, nil
 }
 
 // --- Managing instances ------------------------------------------------------

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
 )
 
@@ -63,12 +64,24 @@ type HubInfo struct {
 	Partitions int    `json:"partitions,omitempty"`
 	// Owners maps partition number to the worker holding its lease.
 	Owners map[int]string `json:"owners,omitempty"`
+	// Workers describes the live workers of the hub by worker id (the
+	// values of Owners): where an operator finds each.
+	Workers map[string]WorkerInfo `json:"workers,omitempty"`
 	// QueueDepths maps queue name to its approximate message count.
 	QueueDepths map[string]int `json:"queueDepths,omitempty"`
 	// Instances counts instances by runtime status name.
 	Instances map[string]int `json:"instances"`
 	// DeadLetters counts the dead letters (see DeadLetterer).
 	DeadLetters int `json:"deadLetters"`
+}
+
+// WorkerInfo is what a worker publishes about itself in its heartbeat.
+type WorkerInfo struct {
+	// Host is the worker's host name.
+	Host string `json:"host,omitempty"`
+	// HTTPAddr is the address its HTTP API listens on ("" when it serves
+	// none, as when embedded without one).
+	HTTPAddr string `json:"httpAddr,omitempty"`
 }
 
 // Inspector is a backend that can describe its hub.
@@ -108,4 +121,28 @@ type RequestCounter interface {
 // probes instead of a listing.
 type Pinger interface {
 	Ping(ctx context.Context) error
+}
+
+// ErrTooManyChanges is returned by ChangeLister.InstancesChangedSince when
+// more instances changed than its limit: list them in full instead.
+var ErrTooManyChanges = errors.New("more instances changed than the limit")
+
+// ChangeLister is a backend that lists only the instances that changed,
+// so that a poller (the dashboard's live feed) costs what changed, not the
+// number of instances in flight.
+type ChangeLister interface {
+	// InstancesChangedSince returns the instances whose status row was
+	// written at or after since, any runtime status, in no particular
+	// order, and next, the time to pass as since on the following call.
+	// next is read from the store's own clock where it has one (Azure
+	// Storage: the service's time; SQLite: the clock of the process that
+	// writes the file), never from the caller's, so since must be a time
+	// this method returned. A row is stamped before it becomes visible (a
+	// commit in flight, the store's timestamp granularity), so the caller
+	// must keep an overlap: pass next minus a few seconds, and expect to
+	// see again instances it has seen. Purged instances are not reported:
+	// a caller that keeps state lists in full from time to time. More than
+	// limit changed instances (limit <= 0: MaxPageSize) is
+	// ErrTooManyChanges.
+	InstancesChangedSince(ctx context.Context, since time.Time, limit int) (changed []*api.OrchestrationMetadata, next time.Time, err error)
 }

@@ -62,7 +62,7 @@ func TestWorkerOnAzureStorage(t *testing.T) {
 	if code, body := get("/readyz"); code != 200 {
 		t.Errorf("/readyz: %d %s", code, body)
 	}
-	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `dronehub_storage_requests_total{kind="queue.dequeue"}`) {
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `dronehub_storage_requests_total{kind="queue.dequeue",status_class="2xx"}`) {
 		t.Errorf("/metrics: %d, no storage request counts in:\n%s", code, body)
 	}
 	code, body := get("/api/hub")

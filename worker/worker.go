@@ -22,14 +22,20 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
 	"github.com/microsoft/durabletask-go/task"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dronehub/dronehub/activities"
 	"github.com/dronehub/dronehub/backend"
+	"github.com/dronehub/dronehub/dashboard"
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
 	"github.com/dronehub/dronehub/httpapi"
+	"github.com/dronehub/dronehub/metrics"
 	"github.com/dronehub/dronehub/orchestrations"
+	"github.com/dronehub/dronehub/scale"
 	"github.com/dronehub/dronehub/taskhub"
+	"github.com/dronehub/dronehub/tracing"
 )
 
 // Config configures a worker. The zero value runs the embedded default: the
@@ -62,6 +68,11 @@ type Config struct {
 	// (default 15s). See docs/storage-layout.md, Polling.
 	Wake             string
 	IdlePollInterval time.Duration
+	// HTTPAddr is the address the worker's HTTP API is served on (Run's
+	// listener; dronehub worker sets it). An Azure Storage worker publishes
+	// it with its host name in its heartbeat, so that `dronehub hub info`
+	// and GET /api/hub name each partition owner by where it runs.
+	HTTPAddr string
 	// Mission holds the mission timeouts and thresholds.
 	Mission orchestrations.MissionSettings
 	// Heartbeat is the longest gap between telemetry signals to a mission
@@ -123,6 +134,31 @@ type Config struct {
 	// ActivityMiddleware wraps every dronehub activity (metrics, tracing,
 	// fault injection in tests).
 	ActivityMiddleware activities.Middleware
+	// DashboardInterval is how often the dashboard's live feed (GET
+	// /api/events) reads the task hub while a dashboard is open; default
+	// 1 s. See docs/dashboard.md.
+	DashboardInterval time.Duration
+	// Registerer receives the worker's Prometheus collectors
+	// (docs/metrics.md). Nil means a new registry of the worker's own; the
+	// global default one is used only if passed here. GET /metrics serves
+	// the Registerer when it is also a Gatherer (a *prometheus.Registry
+	// is), and answers 404 otherwise. One worker per Registerer at a time:
+	// Shutdown unregisters the worker's collectors.
+	Registerer prometheus.Registerer
+	// TracerProvider receives the worker's spans (docs/tracing.md): HTTP
+	// requests, orchestration turns, activity results, telemetry
+	// ingestion, storage calls; the logs then carry trace_id and span_id.
+	// Nil traces nothing, at no cost. durabletask-go's own orchestration
+	// and activity spans go to the global provider: set it too
+	// (otel.SetTracerProvider, once), as the dronehub worker command does.
+	TracerProvider trace.TracerProvider
+	// Scale tunes the scale signal (GET /api/hub/scale and the
+	// dronehub_scale_* series; docs/deploy.md, "Scaling rule"): how often
+	// the queues may be sampled (Interval, default 5 s) and how long the
+	// hub must be idle before it says 0 (IdleAfter, default 5 minutes).
+	// Backend, Fleet and Logger are the worker's; ActivitiesPerWorker
+	// defaults to ActivityConcurrency.
+	Scale scale.Options
 }
 
 // defaultBase is the demo fleet's home base: Redmond, WA.
@@ -151,6 +187,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.TracerProvider != nil {
+		c.Logger = slog.New(tracing.NewLogHandler(c.Logger.Handler()))
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = httpapi.DefaultMaxInFlight
@@ -231,6 +270,9 @@ type Worker struct {
 	bg       sync.WaitGroup
 	handler  http.Handler
 	api      *httpapi.Service
+	dash     *dashboard.Dashboard
+	metrics  *metrics.Metrics
+	scale    *scale.Monitor
 	log      *slog.Logger
 	started  atomic.Bool
 }
@@ -243,26 +285,39 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
 	hub, err := backend.Open(ctx, cfg.Storage, backend.Options{HubName: cfg.HubName, LockTimeout: cfg.LockTimeout, Partitions: cfg.Partitions,
-		MaxDequeueCount: cfg.MaxDequeueCount, Wake: cfg.Wake, IdlePollInterval: cfg.IdlePollInterval, Logger: cfg.Logger})
+		MaxDequeueCount: cfg.MaxDequeueCount, Wake: cfg.Wake, IdlePollInterval: cfg.IdlePollInterval, HTTPAddr: cfg.HTTPAddr, Logger: cfg.Logger,
+		TracerProvider: cfg.TracerProvider})
 	if err != nil {
 		return nil, err
 	}
-	w, err := newWorker(ctx, cfg, hub)
+	m, err := metrics.New(metrics.Options{Registerer: cfg.Registerer})
 	if err != nil {
+		hub.Close()
+		return nil, fmt.Errorf("worker metrics: %w", err)
+	}
+	w, err := newWorker(ctx, cfg, hub, m)
+	if err != nil {
+		m.Close()
 		hub.Close()
 		return nil, err
 	}
 	return w, nil
 }
 
-func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, error) {
+func newWorker(ctx context.Context, cfg Config, hub *backend.Hub, m *metrics.Metrics) (*Worker, error) {
 	log := cfg.Logger
+	obs := newObserver(m, cfg.TracerProvider)
+	var tracer trace.Tracer
+	if cfg.TracerProvider != nil {
+		tracer = cfg.TracerProvider.Tracer(tracing.ScopeName)
+	}
 	if err := seed(ctx, hub.Fleet, cfg.SeedDrones, *cfg.SeedBase); err != nil {
 		return nil, err
 	}
 	client := dtbackend.NewTaskHubClient(hub.Backend)
 	ingestor := activities.NewIngestor(hub.Fleet, client, activities.IngestOptions{
 		Heartbeat: cfg.Heartbeat, BatteryFloor: cfg.Mission.BatteryFloor, ArrivalRadiusM: cfg.Mission.ArrivalRadiusM, Logger: log,
+		Metrics: m, Tracer: tracer,
 	})
 	reg := task.NewTaskRegistry()
 	if err := reg.AddOrchestratorN(orchestrations.DeliveryMissionName, orchestrations.DeliveryMission); err != nil {
@@ -286,11 +341,11 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 	}
 	// Terminate wrappers: terminating a suspended instance ends it (see
 	// taskhub.TerminateExecutor).
-	exec := safeExecutor{Executor: taskhub.TerminateExecutor(task.NewTaskExecutor(reg)), log: log}
+	exec := obs.executor(safeExecutor{Executor: taskhub.TerminateExecutor(task.NewTaskExecutor(reg)), log: log})
 	dl := taskhub.Logger(log)
 	// The task workers fetch through a Gate, so that Shutdown can stop them
 	// fetching without cancelling the work they are doing (see taskhub.Runner).
-	gate := taskhub.NewGate(taskhub.TerminateBackend(hub.Backend))
+	gate := taskhub.NewGate(obs.backend(taskhub.TerminateBackend(hub.Backend)))
 	ow := dtbackend.NewOrchestrationWorker(gate, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.OrchestrationConcurrency)))
 	aw := dtbackend.NewActivityTaskWorker(gate, exec, dl, dtbackend.WithMaxParallelism(int32(cfg.ActivityConcurrency)))
 	w := &Worker{
@@ -325,9 +380,38 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub) (*Worker, erro
 
 		// What the API may start and raise events on.
 		Orchestrators: orchestrators,
+
+		// Observability (docs/metrics.md, docs/tracing.md).
+		Metrics:        m,
+		TracerProvider: cfg.TracerProvider,
 	}
-	w.handler = httpapi.NewHandler(apiOpts)
+	if err := m.WatchHub(metrics.Hub{Backend: hub.Backend, Fleet: hub.Fleet, MissionName: orchestrations.DeliveryMissionName,
+		BatteryFloor: cfg.Mission.BatteryFloor}); err != nil {
+		return nil, fmt.Errorf("worker metrics: %w", err)
+	}
+	// The scale signal: GET /api/hub/scale and its gauges.
+	so := cfg.Scale
+	so.Backend, so.Fleet, so.Logger = hub.Backend, hub.Fleet, log
+	if so.ActivitiesPerWorker == 0 {
+		so.ActivitiesPerWorker = cfg.ActivityConcurrency // workers alike: each takes on as many
+	}
+	w.scale = scale.New(so)
+	apiOpts.Scale = w.scale
+	if err := m.WatchScale(w.scale); err != nil {
+		w.scale.Close()
+		return nil, fmt.Errorf("worker metrics: %w", err)
+	}
+	w.metrics = m
 	w.api = httpapi.NewService(apiOpts)
+	// The dashboard's pages under /ui/ and its live feed, GET /api/events.
+	var counts func() map[string]int64
+	if rc, ok := hub.Backend.(taskhub.RequestCounter); ok {
+		counts = rc.RequestCounts
+	}
+	w.dash = dashboard.New(dashboard.Options{Source: w.api, RequestCounts: counts, Interval: cfg.DashboardInterval,
+		BatteryFloor: cfg.Mission.BatteryFloor, Logger: log})
+	apiOpts.Mounts = w.dash.Routes()
+	w.handler = httpapi.NewHandler(apiOpts)
 	return w, nil
 }
 
@@ -421,14 +505,21 @@ func (w *Worker) Start(ctx context.Context) error {
 // and redelivered later; the error then says how many work items were cut
 // short.
 func (w *Worker) Shutdown(ctx context.Context) error {
+	w.dash.Close() // its feeds end, and its poller stops reading the hub
 	var err error
 	if w.started.Swap(false) {
 		w.stopBG()
 		w.bg.Wait()
 		err = w.runner.Shutdown(ctx)
 	}
+	w.metrics.Close() // another worker may register on the same Registerer
+	w.scale.Close()
 	return errors.Join(err, w.hub.Close())
 }
+
+// Metrics is the worker's Prometheus instrumentation; its Gatherer is what
+// GET /metrics serves.
+func (w *Worker) Metrics() *metrics.Metrics { return w.metrics }
 
 // StartMission validates req and starts a DeliveryMission with the worker's
 // mission settings. It returns the mission id: req.MissionID, or a new UUID.
@@ -490,7 +581,7 @@ func (w *Worker) ready(ctx context.Context) error {
 // timeouts above, Config.WriteTimeout and MaxHeaderBytes. Run serves it;
 // an embedder can too.
 func (w *Worker) Server() *http.Server {
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           w.handler,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		ReadTimeout:       ReadTimeout,
@@ -499,6 +590,10 @@ func (w *Worker) Server() *http.Server {
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelWarn),
 	}
+	// Shutdown waits for connections to go idle; the dashboard's live
+	// feeds never do, so they are ended when it begins.
+	srv.RegisterOnShutdown(w.dash.CloseStreams)
+	return srv
 }
 
 // Run starts the worker and serves the HTTP API on ln until ctx ends, then

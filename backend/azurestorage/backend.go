@@ -91,6 +91,11 @@ type testHooks struct {
 	// dropActivity "kills" the worker holding a fetched activity message:
 	// it is neither run nor renewed, and reappears after LockTimeout.
 	dropActivity func(m *inMsg) bool
+	// enqueued sees every message sent (its body and the queue's answer,
+	// which holds the pop receipt that can update it while invisible).
+	enqueued func(q *azqueue.QueueClient, body string, resp azqueue.EnqueueMessagesResponse)
+	// heldBack sees an instance whose messages wait for its status row.
+	heldBack func(id string)
 }
 
 func crashAt(h func(string) bool, id string) bool { return h != nil && h(id) }
@@ -110,7 +115,7 @@ func Open(ctx context.Context, opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl, err := newClients(cfg, opts.Counter)
+	cl, err := newClients(cfg, opts.Counter, opts.TracerProvider)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +265,7 @@ func HubExists(ctx context.Context, conn, hub string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	cl, err := newClients(cfg, &Counter{})
+	cl, err := newClients(cfg, &Counter{}, nil)
 	if err != nil {
 		return false, err
 	}

@@ -206,7 +206,7 @@ func TestFirstOperationETagRetryClassification(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	// The pipeline of the backend's table client (clients.go), without retries.
-	o := clientOptions(&Counter{}, "table")
+	o := clientOptions(&Counter{}, "table", nil)
 	o.Retry = policy.RetryOptions{MaxRetries: -1}
 	tc, err := aztables.NewClientWithNoCredential(srv.URL+"/devstoreaccount1/Fake", &aztables.ClientOptions{ClientOptions: o})
 	if err != nil {

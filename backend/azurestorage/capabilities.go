@@ -39,7 +39,8 @@ func (b *Backend) DeadLetters(ctx context.Context) ([]taskhub.DeadLetter, error)
 // so far (every attempt, retries included) by kind, e.g. "queue.dequeue".
 func (b *Backend) RequestCounts() map[string]int64 { return b.opts.Counter.Snapshot() }
 
-// HubInfo implements taskhub.Inspector: partition owners (live leases only),
+// HubInfo implements taskhub.Inspector: partition owners (live leases only)
+// and the live workers' host names and HTTP addresses (their heartbeats),
 // the approximate depth of every queue of the hub (control queues, work
 // items, telemetry; the count includes invisible messages such as pending
 // timers and messages being processed), instance counts by status and the
@@ -49,7 +50,7 @@ func (b *Backend) RequestCounts() map[string]int64 { return b.opts.Counter.Snaps
 func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
 	info := taskhub.HubInfo{
 		Kind: "azurestorage", Name: b.opts.HubName, Partitions: b.names.partitions,
-		Owners: map[int]string{}, QueueDepths: map[string]int{}, Instances: map[string]int{},
+		Owners: map[int]string{}, Workers: map[string]taskhub.WorkerInfo{}, QueueDepths: map[string]int{}, Instances: map[string]int{},
 	}
 	var (
 		wg   sync.WaitGroup
@@ -77,6 +78,16 @@ func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
 		}
 		now := time.Now()
 		for _, e := range rows {
+			if e.str("PartitionKey") == workerPK && parseTime(e.str("Expires")).After(now) {
+				id := e.str("WorkerID")
+				if id == "" {
+					id = e.str("RowKey")
+				}
+				mu.Lock()
+				info.Workers[id] = taskhub.WorkerInfo{Host: e.str("Host"), HTTPAddr: e.str("HTTP")}
+				mu.Unlock()
+				continue
+			}
 			if e.str("PartitionKey") != leasePK || e.str("Owner") == "" || !parseTime(e.str("Expires")).After(now) {
 				continue
 			}

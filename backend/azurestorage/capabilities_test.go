@@ -33,7 +33,7 @@ func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 // queue depths, instance counts by status, dead-letter count.
 func TestHubInfo(t *testing.T) {
 	t.Parallel()
-	b := openTest(t, Options{Partitions: 2, WorkerID: "w-info"})
+	b := openTest(t, Options{Partitions: 2, WorkerID: "w-info", HTTPAddr: "127.0.0.1:8080"})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	r := task.NewTaskRegistry()
@@ -60,6 +60,14 @@ func TestHubInfo(t *testing.T) {
 	}
 	if len(info.Owners) != 2 || info.Owners[0] != "w-info" || info.Owners[1] != "w-info" {
 		t.Fatalf("owners = %v", info.Owners)
+	}
+	// Issue #10: each owner is named by where an operator finds it, as its
+	// heartbeat publishes: its host name and HTTP listen address.
+	if want := (taskhub.WorkerInfo{Host: hostName(), HTTPAddr: "127.0.0.1:8080"}); len(info.Workers) != 1 || info.Workers["w-info"] != want || want.Host == "" {
+		t.Fatalf("workers = %+v, want w-info at %+v", info.Workers, want)
+	}
+	if _, hbs, err := b.Leases(ctx); err != nil || len(hbs) != 1 || hbs[0].Host != hostName() || hbs[0].HTTP != "127.0.0.1:8080" {
+		t.Fatalf("heartbeats = %+v, %v: want w-info's host and HTTP address", hbs, err)
 	}
 	if len(info.QueueDepths) != 4 {
 		t.Fatalf("queue depths = %v, want 2 control queues, work items and telemetry", info.QueueDepths)

@@ -10,6 +10,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // clients are the three service clients built from one Config.
@@ -25,10 +26,16 @@ func retryOptions() policy.RetryOptions {
 	return policy.RetryOptions{MaxRetries: 6, TryTimeout: 30 * time.Second, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 4 * time.Second}
 }
 
-func clientOptions(counter *Counter, service string) azcore.ClientOptions {
+func clientOptions(counter *Counter, service string, tp trace.TracerProvider) azcore.ClientOptions {
 	o := azcore.ClientOptions{Retry: retryOptions()}
 	if counter != nil {
 		o.PerRetryPolicies = []policy.Policy{counter.Policy(service)}
+	}
+	if tp != nil { // storage calls in traces: see tracing.go
+		o.TracingProvider = inTraceProvider(tp)
+		if service != "table" {
+			o.PerRetryPolicies = append(o.PerRetryPolicies, spanPolicy{tracer: tp.Tracer(tracerName), service: service})
+		}
 	}
 	if service == "table" {
 		o.PerRetryPolicies = append(o.PerRetryPolicies, capturePolicy{})
@@ -38,10 +45,10 @@ func clientOptions(counter *Counter, service string) azcore.ClientOptions {
 
 func withSAS(endpoint, sas string) string { return endpoint + "/?" + sas }
 
-func newClients(cfg Config, counter *Counter) (*clients, error) {
-	qo := &azqueue.ClientOptions{ClientOptions: clientOptions(counter, "queue")}
-	to := &aztables.ClientOptions{ClientOptions: clientOptions(counter, "table")}
-	bo := &azblob.ClientOptions{ClientOptions: clientOptions(counter, "blob")}
+func newClients(cfg Config, counter *Counter, tp trace.TracerProvider) (*clients, error) {
+	qo := &azqueue.ClientOptions{ClientOptions: clientOptions(counter, "queue", tp)}
+	to := &aztables.ClientOptions{ClientOptions: clientOptions(counter, "table", tp)}
+	bo := &azblob.ClientOptions{ClientOptions: clientOptions(counter, "blob", tp)}
 	var c clients
 	var err error
 	switch {

@@ -602,6 +602,7 @@ func (b *Backend) statusRow(ctx context.Context, id string, state *dtbackend.Orc
 			}
 		}
 	}
+	forgetStart(e) // the execution has a start in history now (unstarted.go)
 	e["InstanceID"] = id
 	e["Status"] = taskhub.StorageName(state.RuntimeStatus())
 	e["LastUpdatedTime"] = formatTime(time.Now())

@@ -16,6 +16,47 @@ import (
 type Counter struct {
 	mu     sync.Mutex
 	counts map[string]int64
+	// statuses counts the answered attempts by kind and status class.
+	statuses map[[2]string]int64
+}
+
+// addStatus counts an attempt of kind by the status class of its answer.
+func (c *Counter) addStatus(kind, class string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.statuses == nil {
+		c.statuses = map[[2]string]int64{}
+	}
+	c.statuses[[2]string{kind, class}]++
+}
+
+// StatusSnapshot returns the counts so far by kind and then by the status
+// class of the answer: "2xx", "3xx", "4xx", "5xx", or "error" when no
+// answer came (a transport error or a timeout). An attempt in flight is in
+// Snapshot but not yet here.
+func (c *Counter) StatusSnapshot() map[string]map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]map[string]int64{}
+	for k, v := range c.statuses {
+		if out[k[0]] == nil {
+			out[k[0]] = map[string]int64{}
+		}
+		out[k[0]][k[1]] = v
+	}
+	return out
+}
+
+// statusClass classifies an attempt's outcome for StatusSnapshot.
+func statusClass(resp *http.Response, err error) string {
+	if resp == nil {
+		return "error"
+	}
+	switch c := resp.StatusCode / 100; c {
+	case 2, 3, 4, 5:
+		return string(rune('0'+c)) + "xx"
+	}
+	return "error"
 }
 
 func (c *Counter) add(kind string) {
@@ -53,7 +94,7 @@ func (c *Counter) Total() int64 {
 func (c *Counter) Reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.counts = nil
+	c.counts, c.statuses = nil, nil
 }
 
 // String lists the counts as "kind=n" sorted by kind.
@@ -103,8 +144,11 @@ type countPolicy struct {
 }
 
 func (p countPolicy) Do(req *policy.Request) (*http.Response, error) {
-	p.c.add(OperationKind(p.service, req.Raw()))
-	return req.Next()
+	kind := OperationKind(p.service, req.Raw())
+	p.c.add(kind)
+	resp, err := req.Next()
+	p.c.addStatus(kind, statusClass(resp, err))
+	return resp, err
 }
 
 // OperationKind classifies a storage request as "service.operation".

@@ -155,6 +155,10 @@ type episodeView struct {
 	scheduled map[string]bool // "task|7", "timer|3", "sub|2"
 	answered  map[string]bool
 	seen      map[string]bool // seenKeys
+	// created is the execution id the status row names while the history
+	// holds no start ("" when unknown): the execution the instance's
+	// creator wrote the row for, the only one a start may begin.
+	created string
 }
 
 func newEpisodeView(history []*dtbackend.HistoryEvent, seen []seenEntry) *episodeView {
@@ -232,6 +236,13 @@ func (v *episodeView) classify(m *inMsg) (verdict, string) {
 			// continue-as-new start is made in process: a second start
 			// by message is left over from an earlier incarnation.
 			return stale, "instance already started another execution"
+		case v.created != "" && es.GetOrchestrationInstance().GetExecutionId().GetValue() != v.created:
+			// The status row was written for another execution: this
+			// start is left over from an earlier incarnation (purged,
+			// replaced) that never ran, e.g. a scheduled start whose
+			// instance was terminated before it was due, or from a
+			// create that lost the race for the id.
+			return stale, "the instance was created for execution " + v.created
 		}
 	}
 	v.seen[key] = true

@@ -154,7 +154,8 @@ func (b *Backend) GetOrchestrationMetadata(ctx context.Context, id api.InstanceI
 }
 
 // newSentinel is the status row of an instance that has not run yet.
-func (b *Backend) newSentinel(ctx context.Context, start *dtbackend.HistoryEvent) (entity, error) {
+// A start delayed to its scheduled time is recorded in it (unstarted.go).
+func (b *Backend) newSentinel(ctx context.Context, start *dtbackend.HistoryEvent, delayed bool) (entity, error) {
 	es := start.GetExecutionStarted()
 	id := es.GetOrchestrationInstance().GetInstanceId()
 	e := newEntity(escapeKey(id), sentinelRK)
@@ -164,6 +165,11 @@ func (b *Backend) newSentinel(ctx context.Context, start *dtbackend.HistoryEvent
 	e["CreatedTime"] = formatTime(start.GetTimestamp().AsTime())
 	e["LastUpdatedTime"] = formatTime(time.Now())
 	e["HistoryCount"] = 0
+	if delayed {
+		if err := recordStart(e, start); err != nil {
+			return nil, err
+		}
+	}
 	var blobs []string
 	for _, p := range [][2]string{{"Name", es.GetName()}, {"Input", es.GetInput().GetValue()}} {
 		_, blob, err := b.setLarge(ctx, e, id, p[0], p[1])
@@ -262,7 +268,7 @@ func (b *Backend) createInstance(ctx context.Context, e *dtbackend.HistoryEvent,
 	if err := b.send(context.WithValue(ctx, heldHandKey{}, held), b.controlFor(id), env, e, at); err != nil {
 		return err
 	}
-	row, err := b.newSentinel(ctx, e)
+	row, err := b.newSentinel(ctx, e, !at.IsZero())
 	if err != nil {
 		return err
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 )
 
 // Partition ownership and load-aware balancing.
@@ -110,6 +109,11 @@ type leaseManager struct {
 	fullPoll [16]atomic.Bool
 	// watching[p] is set while a watchDrain goroutine runs for p.
 	watching [16]atomic.Bool
+	// stats counts claims and losses for metrics (observe.go).
+	stats leaseCounters
+	// kick asks for a round now (kickRound): another worker released
+	// partitions, joined the hub, or handed this one a partition.
+	kick chan struct{}
 }
 
 // lease is this worker's view of a lease it holds.
@@ -163,7 +167,27 @@ func (lm *leaseManager) soonRound() time.Duration {
 }
 
 func newLeaseManager(b *Backend) *leaseManager {
-	return &leaseManager{b: b, owned: map[int]*lease{}, ready: make(chan struct{})}
+	return &leaseManager{b: b, owned: map[int]*lease{}, ready: make(chan struct{}), kick: make(chan struct{}, 1)}
+}
+
+// kickSpacing is the least time between the start of a round and a round
+// run early by kickRound: 500 ms at the default LeaseDuration, so that
+// however many wake-ups arrive (a forged one included) a worker runs at
+// most two rounds a second.
+func (lm *leaseManager) kickSpacing() time.Duration {
+	return max(lm.b.opts.LeaseDuration/30, 100*time.Millisecond)
+}
+
+// kickRound asks the renewal loop for a round now, or kickSpacing after
+// the last one began, instead of at its schedule: another worker released
+// partitions (it is shutting down), joined the hub (the heaviest worker
+// sheds to it), or released a partition for this worker by name. It never
+// blocks; kicks that arrive while one is pending are one kick.
+func (lm *leaseManager) kickRound() {
+	select {
+	case lm.kick <- struct{}{}:
+	default:
+	}
 }
 
 func leaseRK(p int) string { return fmt.Sprintf("control-%02d", p) }
@@ -203,6 +227,7 @@ func (lm *leaseManager) start() {
 			defer b.wg.Done()
 			every := b.opts.LeaseDuration / 3
 			failures := 0
+			joined := true
 			for {
 				began := time.Now()
 				ctx, cancel := context.WithTimeout(b.bg, b.opts.LeaseDuration/2)
@@ -223,6 +248,13 @@ func (lm *leaseManager) start() {
 				default:
 					close(lm.ready)
 				}
+				if joined && err == nil {
+					// A worker that joins tells the others once its
+					// heartbeat is written, so that the heaviest sheds
+					// partitions to it now rather than at its next round.
+					joined = false
+					b.wakeups.tellPeers()
+				}
 				next := every
 				if soon {
 					next = lm.soonRound()
@@ -233,6 +265,17 @@ func (lm *leaseManager) start() {
 					t.Stop()
 					return
 				case <-t.C:
+				case <-lm.kick:
+					t.Stop()
+					if wait := lm.kickSpacing() - time.Since(began); wait > 0 {
+						spacing := time.NewTimer(wait)
+						select {
+						case <-b.bg.Done():
+							spacing.Stop()
+							return
+						case <-spacing.C:
+						}
+					}
 				}
 			}
 		}()
@@ -321,21 +364,7 @@ func (lm *leaseManager) measure(ctx context.Context) {
 // queueLoad measures control queue p: its approximate depth and the age of
 // its oldest visible message (0 if none).
 func (b *Backend) queueLoad(ctx context.Context, p int) (int64, time.Duration, error) {
-	q := b.control[p]
-	n, err := queueDepth(ctx, q)
-	if err != nil || n == 0 {
-		return 0, 0, err
-	}
-	one := int32(1)
-	resp, err := q.PeekMessages(ctx, &azqueue.PeekMessagesOptions{NumberOfMessages: &one})
-	if err != nil {
-		return int64(n), 0, err
-	}
-	var lag time.Duration
-	for _, m := range resp.Messages {
-		lag = max(lag, messageAge(m.InsertionTime, m.MessageText))
-	}
-	return int64(n), lag, nil
+	return queueLoadOf(ctx, b.control[p])
 }
 
 // round runs one lease round (see the leaseManager comment). soon asks for
@@ -355,6 +384,14 @@ func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 	if addr := b.wakeups.address(); addr != "" {
 		hb["Wake"] = addr
 	}
+	// Where an operator finds this worker (HubInfo.Workers).
+	hb["Host"] = hostName()
+	if b.opts.HTTPAddr != "" {
+		hb["HTTP"] = b.opts.HTTPAddr
+	}
+	// How long the work it buffered has waited for a free slot, for the
+	// scale signal (scale.go).
+	b.publishWaits(hb, start)
 	if _, err := b.leases.UpsertEntity(ctx, hb.marshal(), &aztables.UpsertEntityOptions{UpdateMode: aztables.UpdateModeReplace}); err != nil {
 		return false, fmt.Errorf("heartbeat: %w", err)
 	}
@@ -536,6 +573,7 @@ func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 		}
 		lm.owned[p] = l
 		lm.setActive(p, l)
+		lm.stats.claimed(exists && e.str("Owner") != "" && e.str("Owner") != me)
 		if !handed && !ours {
 			held++
 		}
@@ -753,12 +791,14 @@ func (lm *leaseManager) handOff(ctx context.Context, p int, l *lease) error {
 	lm.active[p].Store(0)
 	if err == nil {
 		b.log.Info("azurestorage: handed partition off", "partition", p, "to", l.draining)
+		b.wakeups.tellPeers(l.draining) // it claims now, not at its next round
 	}
 	return nil
 }
 
 // lose forgets partition p and returns its buffered messages.
 func (lm *leaseManager) lose(p int) {
+	lm.stats.lost.Add(1)
 	delete(lm.owned, p)
 	lm.active[p].Store(0)
 	lm.b.dropPending(p)
@@ -892,21 +932,30 @@ func (lm *leaseManager) owners() []int {
 	return out
 }
 
-// releaseAll gives up every lease and the heartbeat (at Close).
+// releaseAll gives up every lease (all at once) and the heartbeat (at
+// Close), then tells the other workers, which claim the partitions at once
+// (see tellPeers) instead of at their next round.
 func (lm *leaseManager) releaseAll(ctx context.Context) {
 	lm.mu.Lock()
 	defer lm.mu.Unlock()
 	now := formatTime(time.Now())
+	var wg sync.WaitGroup
 	for p, l := range lm.owned {
 		row := newEntity(leasePK, leaseRK(p))
 		row["Owner"], row["Expires"] = "", now
-		lm.write(ctx, p, l.etag, row)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lm.write(ctx, p, l.etag, row)
+		}()
 		delete(lm.owned, p)
 		lm.active[p].Store(0)
 	}
+	wg.Wait()
 	select {
 	case <-lm.ready:
 		lm.b.leases.DeleteEntity(ctx, workerPK, escapeKey(lm.b.opts.WorkerID), nil)
+		lm.b.wakeups.tellPeers()
 	default:
 	}
 }
@@ -928,6 +977,8 @@ type LeaseRow struct {
 type WorkerHeartbeat struct {
 	WorkerID string
 	Expires  time.Time
+	Host     string // its host name
+	HTTP     string // its HTTP listen address; "" if it published none
 }
 
 // Leases reads the hub's lease rows (in partition order) and worker
@@ -957,7 +1008,7 @@ func (b *Backend) Leases(ctx context.Context) ([]LeaseRow, []WorkerHeartbeat, er
 			if id == "" {
 				id = e.str("RowKey")
 			}
-			hbs = append(hbs, WorkerHeartbeat{WorkerID: id, Expires: parseTime(e.str("Expires"))})
+			hbs = append(hbs, WorkerHeartbeat{WorkerID: id, Expires: parseTime(e.str("Expires")), Host: e.str("Host"), HTTP: e.str("HTTP")})
 		}
 	}
 	sort.Slice(leases, func(i, j int) bool { return leases[i].Partition < leases[j].Partition })
@@ -990,7 +1041,11 @@ func FormatLeases(leases []LeaseRow, hbs []WorkerHeartbeat, now time.Time) strin
 		fmt.Fprintf(&sb, " depth=%d lag=%dms\n", l.Depth, l.LagMs)
 	}
 	for _, h := range hbs {
-		fmt.Fprintf(&sb, "  worker %s heartbeat expires=%s\n", h.WorkerID, rel(h.Expires))
+		fmt.Fprintf(&sb, "  worker %s heartbeat expires=%s", h.WorkerID, rel(h.Expires))
+		if h.HTTP != "" {
+			fmt.Fprintf(&sb, " http=%s", h.HTTP)
+		}
+		sb.WriteString("\n")
 	}
 	return sb.String()
 }

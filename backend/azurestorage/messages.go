@@ -169,6 +169,9 @@ func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env en
 	if err != nil {
 		return fmt.Errorf("azurestorage: enqueue to %s: %w", queueName(q), err)
 	}
+	if b.hooks.enqueued != nil {
+		b.hooks.enqueued(q, string(body), resp)
+	}
 	switch {
 	case hand:
 		b.handDeliver(ctx, q, env, string(body), resp)
@@ -195,6 +198,10 @@ type inMsg struct {
 	dequeueCount int64
 	env          envelope
 	event        *dtbackend.HistoryEvent
+	// inserted is when the queue message was sent (zero: unknown); see
+	// unstarted.go, which waits a while for the status row of an instance
+	// whose start or terminate was sent only moments ago.
+	inserted time.Time
 
 	// lk serialises the storage calls on the message (renew, release,
 	// delete: each changes or needs the pop receipt) and guards the
@@ -277,6 +284,9 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 		}
 		if m.DequeueCount != nil {
 			im.dequeueCount = *m.DequeueCount
+		}
+		if m.InsertionTime != nil {
+			im.inserted = *m.InsertionTime
 		}
 		err := b.decode(ctx, im)
 		im.dequeueCount += im.env.Hand // the hand delivery the queue did not count
@@ -625,6 +635,7 @@ func (b *Backend) handDeliver(ctx context.Context, q *azqueue.QueueClient, env e
 	partition := b.queuePartition(q)
 	m := newInMsg(q, partition, *resp.Messages[0].MessageID, *resp.Messages[0].PopReceipt, time.Now())
 	m.content, m.env = body, env
+	m.inserted = time.Now()
 	m.dequeueCount = 1 // this delivery (env.Hand records it for the queue's later deliveries)
 	if !env.Wake {
 		e, err := dtbackend.UnmarshalHistoryEvent(env.Event)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // DefaultHubName is the task hub name used when Options.HubName is empty.
@@ -59,14 +61,23 @@ type Options struct {
 	InstanceCache int
 	// WorkerID names this worker in leases and locks; default host-pid-random.
 	WorkerID string
+	// HTTPAddr is the address this worker's HTTP API listens on, published
+	// in its heartbeat row with its host name so that HubInfo names each
+	// partition owner by where an operator finds it; "" for none.
+	HTTPAddr string
 	// Counter counts storage requests; default a new Counter (see Backend.Counter).
 	Counter *Counter
+	// TracerProvider, when set, puts storage calls made inside a trace in
+	// it (see tracing.go); nil traces nothing, at no cost.
+	TracerProvider trace.TracerProvider
 	// Logger receives logs; default slog.Default().
 	Logger *slog.Logger
 
 	// maxVisibility replaces the 7-day visibility limit in tests, so that
 	// chaining can be observed in seconds.
 	maxVisibility time.Duration
+	// createGrace replaces defaultCreateGrace in tests (see unstarted.go).
+	createGrace time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -143,7 +154,7 @@ func OpenFleet(ctx context.Context, opts Options) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl, err := newClients(cfg, opts.Counter)
+	cl, err := newClients(cfg, opts.Counter, opts.TracerProvider)
 	if err != nil {
 		return nil, err
 	}

@@ -490,7 +490,21 @@ func (b *Backend) buildFrom(ctx context.Context, id string, msgs []*inMsg, st *l
 		// before updating the index.
 		b.writeIndex(ctx, nil, st.sentinel)
 	}
+	now := time.Now()
+	if st.sentinel == nil && b.awaitCreate(msgs, now) {
+		// Its creator has sent the start but not yet written the status
+		// row, which decides what they do (unstarted.go).
+		if b.hooks.heldBack != nil {
+			b.hooks.heldBack(id)
+		}
+		b.holdBack(ctx, id, msgs)
+		b.finish(id)
+		return nil, nil
+	}
 	view := newEpisodeView(st.history, parseSeen(st.sentinel))
+	if st.sentinel != nil && !hasStart(st.history) {
+		view.created = st.sentinel.str("ExecutionID")
+	}
 	it := &orchItem{msgs: msgs, loaded: st, state: st}
 	// Stashed events first: they arrived before anything in msgs.
 	var stashEvents []*dtbackend.HistoryEvent
@@ -511,7 +525,6 @@ func (b *Backend) buildFrom(ctx context.Context, id string, msgs []*inMsg, st *l
 		view.seen[seenKey(s.msgID)] = true // a queued copy of a stashed event is a copy
 	}
 	var events []*dtbackend.HistoryEvent
-	now := time.Now()
 	for _, m := range msgs {
 		if m.env.Wake {
 			continue
@@ -523,6 +536,10 @@ func (b *Backend) buildFrom(ctx context.Context, id string, msgs []*inMsg, st *l
 			continue
 		case stale:
 			b.log.Info("azurestorage: dropping a stale message", "instance", id, "event", eventType(m.event), "why", why)
+			continue
+		}
+		if st.sentinel == nil && b.orphanedStart(m, now) {
+			b.log.Warn("azurestorage: dropping a scheduled start whose instance has no status row (purged, or its create failed)", "instance", id)
 			continue
 		}
 		if at, ok := taskhub.ScheduledStart([]*dtbackend.HistoryEvent{m.event}, now); ok {
@@ -540,6 +557,27 @@ func (b *Backend) buildFrom(ctx context.Context, id string, msgs []*inMsg, st *l
 	}
 	if cached && (len(events) == 0 && len(it.stashUsed) == 0 || !hasStart(st.history)) {
 		return nil, errReadAgain
+	}
+	if !hasStart(st.history) {
+		// Terminated before it started: end it now, without running it
+		// (unstarted.go).
+		done, err := b.settleUnstarted(ctx, id, it, stashEvents, events)
+		switch {
+		case done:
+			b.finish(id)
+			return nil, nil
+		case errors.Is(err, errSimulatedCrash):
+			b.finish(id)
+			return nil, nil
+		case errors.Is(err, dtbackend.ErrWorkItemLockLost):
+			// Changed since it was read (the start's episode on another
+			// worker, a purge): read again at the next delivery.
+			b.releaseAll(msgs, 0)
+			b.finish(id)
+			return nil, nil
+		case err != nil:
+			return nil, err
+		}
 	}
 	if !hasStart(st.history) && !hasStart(stashEvents) && !hasStart(events) {
 		if len(it.recorded) > 0 {

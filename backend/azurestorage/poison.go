@@ -136,7 +136,10 @@ func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.Tas
 		if !hasStart(st.history) {
 			s := start
 			if s == nil {
-				s = startFromSentinel(st.sentinel)
+				var err error
+				if s, err = b.startFromSentinel(ctx, st.sentinel); err != nil {
+					return err
+				}
 			}
 			if err := state.AddEvent(s); err != nil {
 				return err
@@ -173,9 +176,18 @@ func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.Tas
 }
 
 // startFromSentinel rebuilds the ExecutionStarted event of an instance
-// that was created but never ran.
-func startFromSentinel(e entity) *dtbackend.HistoryEvent {
-	return taskhub.NewExecutionStartedEvent(api.InstanceID(e.str("InstanceID")), e.str("ExecutionID"), e.str("Name"), e.str("Input"), parseTime(e.str("CreatedTime")))
+// that was created but never ran, its name and input read from their
+// blobs when they are large.
+func (b *Backend) startFromSentinel(ctx context.Context, e entity) (*dtbackend.HistoryEvent, error) {
+	name, err := b.getLarge(ctx, e, "Name")
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: the name of %s: %w", e.str("InstanceID"), err)
+	}
+	input, err := b.getLarge(ctx, e, "Input")
+	if err != nil {
+		return nil, fmt.Errorf("azurestorage: the input of %s: %w", e.str("InstanceID"), err)
+	}
+	return taskhub.NewExecutionStartedEvent(api.InstanceID(e.str("InstanceID")), e.str("ExecutionID"), name, input, parseTime(e.str("CreatedTime"))), nil
 }
 
 // staleDeadLetter reports why a dead letter can no longer reach the

@@ -121,11 +121,16 @@ func (w *waker) serve(conn *net.UDPConn) {
 	}
 }
 
-// received handles one datagram: "dronehub-wake <hub> c<partition>" or
-// "dronehub-wake <hub> w".
+// received handles one datagram: "dronehub-wake <hub> c<partition>",
+// "dronehub-wake <hub> w" or "dronehub-wake <hub> l" (run a lease round:
+// see tellPeers).
 func (w *waker) received(msg string) {
 	f := strings.Fields(msg)
 	if len(f) != 3 || f[0] != "dronehub-wake" || f[1] != w.b.opts.HubName {
+		return
+	}
+	if f[2] == "l" {
+		w.b.lm.kickRound() // at most one round per kickSpacing, however many come
 		return
 	}
 	i := -1
@@ -291,6 +296,51 @@ func viewOf(rows []entity, partitions int, now time.Time) (map[int]string, map[s
 		}
 	}
 	return owners, peers
+}
+
+// tellPeers asks the workers named (every live worker but this one when
+// none is named), as the last lease round saw them, to run a lease round
+// now: "dronehub-wake <hub> l". A worker sends it when it has released its
+// partitions at Close, when it joins the hub (after its first round), and
+// when it releases a partition for a named worker; the receivers claim what
+// was released, or shed to the newcomer, at once instead of at their next
+// round (up to LeaseDuration/3 later). Workers of earlier versions ignore
+// it and claim at their next round, as before. It sends from a socket of
+// its own, so it works after Close has closed the sender.
+func (w *waker) tellPeers(ids ...string) {
+	if w.b.opts.Wake == wakeOff {
+		return
+	}
+	me := w.b.opts.WorkerID
+	w.mu.Lock()
+	var targets []string
+	if len(ids) == 0 {
+		for id, addr := range w.peers {
+			if id != me && addr != "" {
+				targets = append(targets, addr)
+			}
+		}
+	}
+	for _, id := range ids {
+		if addr := w.peers[id]; id != me && addr != "" {
+			targets = append(targets, addr)
+		}
+	}
+	w.mu.Unlock()
+	if len(targets) == 0 {
+		return
+	}
+	conn, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return // a hint: the peers' next rounds find the change
+	}
+	defer conn.Close()
+	msg := []byte(fmt.Sprintf("dronehub-wake %s l", w.b.opts.HubName))
+	for _, t := range targets {
+		if addr, err := net.ResolveUDPAddr("udp", t); err == nil {
+			conn.WriteToUDP(msg, addr)
+		}
+	}
 }
 
 // senderConn is the socket wake-ups are sent from (made once).

@@ -98,6 +98,7 @@ func Run(t *testing.T, f Factory, opts ...Option) {
 		o(&cfg)
 	}
 	cases := slices.Concat(lifecycleCases(), e2eCases(), queryCases(), lockCases(cfg), deadLetterCases(cfg))
+	cases = append(cases, unstartedCases()...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -182,11 +183,18 @@ func waitForStatus(t *testing.T, ctx context.Context, be backend.Backend, id api
 	t.Helper()
 	var md *api.OrchestrationMetadata
 	var lastErr error
-	eventually(t, settleTimeout, func() bool {
+	deadline := time.Now().Add(settleTimeout)
+	for {
 		md, lastErr = be.GetOrchestrationMetadata(ctx, id)
-		return lastErr == nil && md != nil && slices.Contains(want, md.RuntimeStatus)
-	}, fmt.Sprintf("instance %s to reach %s (last: %s, err %v)", id, statusNames(want), describe(md), lastErr))
-	return md
+		if lastErr == nil && md != nil && slices.Contains(want, md.RuntimeStatus) {
+			return md
+		}
+		if time.Now().After(deadline) {
+			// The message is built now, from the last answer.
+			t.Fatalf("condition not met within %s: instance %s to reach %s (last: %s, err %v)", settleTimeout, id, statusNames(want), describe(md), lastErr)
+		}
+		time.Sleep(pollEvery)
+	}
 }
 
 // waitForCompletion polls until an instance has finished, whatever the outcome.

@@ -323,8 +323,8 @@ func commaList(flagName, value string, known []string) ([]string, error) {
 	return out, nil
 }
 
-// benchProgress shows a bench's progress on stderr: on a terminal one line,
-// rewritten in place; elsewhere a line per finished workload.
+// benchProgress shows a bench's progress on stderr: on a terminal one line
+// with a bar, rewritten in place; elsewhere a line per finished workload.
 type benchProgress struct {
 	w       io.Writer
 	tty     bool
@@ -375,9 +375,9 @@ func (p *benchProgress) update(pr bench.Progress) {
 		if unit == "" {
 			unit = "orchestrations"
 		}
-		what = fmt.Sprintf("%s %d/%d %s", pr.Workload, pr.Done, pr.Total, unit)
+		what = fmt.Sprintf("%s %s %d/%d %s", bar(fraction(pr.Done, pr.Total), 20), pr.Workload, pr.Done, pr.Total, unit)
 		if pr.Runs > 1 {
-			what = fmt.Sprintf("%s run %d/%d %d/%d %s", pr.Workload, pr.Run, pr.Runs, pr.Done, pr.Total, unit)
+			what = fmt.Sprintf("%s %s run %d/%d %d/%d %s", bar(fraction(pr.Done, pr.Total), 20), pr.Workload, pr.Run, pr.Runs, pr.Done, pr.Total, unit)
 		}
 	}
 	fmt.Fprintf(p.w, "\r\033[K%s: %s, %.0fs", pr.Engine, what, pr.Elapsed.Seconds())

@@ -16,8 +16,12 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel"
+
 	"github.com/dronehub/dronehub/httpapi"
 	"github.com/dronehub/dronehub/orchestrations"
+	"github.com/dronehub/dronehub/scale"
+	"github.com/dronehub/dronehub/tracing"
 	"github.com/dronehub/dronehub/worker"
 )
 
@@ -37,8 +41,8 @@ const usage = `dronehub: drone-delivery missions as durable orchestrations.
 
 Usage:
   dronehub worker    [flags]   run the worker and HTTP API (dronehub worker -h for flags)
-  dronehub mission   start|status|list|raise|cancel|terminate|suspend|resume|purge
-  dronehub drone     add|list|status
+  dronehub mission   start|status|watch|list|raise|cancel|terminate|suspend|resume|purge
+  dronehub drone     add|list|status|reset
   dronehub simulate  [flags]   fly simulated drones and post their telemetry
   dronehub hub       create|info|delete   administer a task hub in storage
   dronehub deadletter list|replay          poison messages set aside by the task hub
@@ -46,6 +50,7 @@ Usage:
 
 Client commands talk to the HTTP API at --url (DRONEHUB_URL, default http://127.0.0.1:8080)
 with --api-key (DRONEHUB_API_KEY); add --json for machine-readable output.
+dronehub COMMAND -h describes a command.
 `
 
 // Main runs the command line args (without the program name) and returns the
@@ -79,6 +84,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, env Env)
 		fmt.Fprintf(stderr, "dronehub: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
+	var exit *exitError
 	switch {
 	case err == nil:
 		return 0
@@ -86,6 +92,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, env Env)
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.As(err, &exit):
+		if exit.msg != "" {
+			fmt.Fprintf(stderr, "dronehub: %s\n", exit.msg)
+		}
+		return exit.code
 	default:
 		fmt.Fprintf(stderr, "dronehub: %s\n", describe(err))
 		return 1
@@ -145,6 +156,7 @@ type workerFlags struct {
 	maxBodyMemory                                      byteSize
 	watchdog, heartbeat, lockTimeout, grace            time.Duration
 	storageTimeout, writeTimeout, idlePoll             time.Duration
+	scaleInterval, scaleIdleAfter, scaleCalm, scaleLag time.Duration
 	wake                                               string
 	batteryFloor                                       float64
 }
@@ -178,6 +190,10 @@ func (a *App) worker(ctx context.Context, args []string) error {
 	fs.IntVar(&f.seedDrones, "seed-drones", 5, "demo drones created when the fleet is empty (0 for none)")
 	fs.DurationVar(&f.lockTimeout, "lock-timeout", 2*time.Minute, "how long a crashed worker's work stays locked")
 	fs.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "time given to in-flight work on shutdown")
+	fs.DurationVar(&f.scaleInterval, "scale-interval", scale.DefaultInterval, "least time between two samples of the queues for the scale signal (GET /api/hub/scale)")
+	fs.DurationVar(&f.scaleIdleAfter, "scale-idle-after", scale.DefaultIdleAfter, "how long the task hub must be idle (nothing queued, no drone on a mission) before the scale signal recommends 0 workers")
+	fs.DurationVar(&f.scaleLag, "scale-high-latency", scale.DefaultHighLatency, "age of a queue's oldest message, in two samples in a row, over which the scale signal adds workers")
+	fs.DurationVar(&f.scaleCalm, "scale-calm", scale.DefaultCalm, "how long every queue must stay fast, with the worker count unchanged, before the scale signal removes a worker")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	if err := a.parse(fs, args); err != nil {
@@ -233,12 +249,40 @@ func (a *App) worker(ctx context.Context, args []string) error {
 		MaxBodyMemory:            int64(f.maxBodyMemory),
 		StorageTimeout:           f.storageTimeout,
 		WriteTimeout:             f.writeTimeout,
+		Scale:                    scale.Options{Interval: f.scaleInterval, IdleAfter: f.scaleIdleAfter, HighLatency: f.scaleLag, Calm: f.scaleCalm},
 		Logger:                   logger,
+	}
+	// Traces, when the OTEL_* environment asks for them (docs/tracing.md).
+	getenv := tracing.Getenv(a.Env)
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	tp, err := tracing.FromEnv(ctx, getenv)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				logger.Warn("flushing the last spans failed", "err", err)
+			}
+		}()
+		// durabletask-go v0.6.0 takes its tracer from the global provider
+		// (bound to the first one set): its orchestration and activity
+		// spans need it. Set once, here, never in library code.
+		otel.SetTracerProvider(tp)
+		cfg.TracerProvider = tp
+		logger.Info("tracing on: spans are exported over OTLP (docs/tracing.md)")
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", f.listen, err)
 	}
+	// Published in the worker's heartbeat (Azure Storage), so that
+	// `hub info` names the owner of each partition by where it runs.
+	cfg.HTTPAddr = ln.Addr().String()
 	w, err := worker.New(ctx, cfg)
 	if err != nil {
 		ln.Close()

@@ -25,6 +25,10 @@ Commands:
   start      --pickup LAT,LON --dropoff LAT,LON --package ID [--weight KG] [--size small|medium|large]
              [--deadline 30m|RFC3339] [--id ID] [--drone ID] [--expedited] | --file request.json
   status     ID [--history]
+  watch      ID [--interval 500ms]  follow the mission live until it ends: phase, progress,
+                                   distance, ETA, battery, health (--json: a line per change).
+                                   Exit status: 0 delivered, 3 failed, 4 cancelled,
+                                   5 terminated, 1 error, 130 interrupted (Ctrl-C)
   list       [--status Running,Completed] [--prefix P] [--top N] [--all]
   raise      ID EVENT [JSON]       only events the worker declares public; missions declare
                                    none by default, so this answers 403 (use cancel/terminate)
@@ -34,20 +38,65 @@ Commands:
   resume     ID [--reason TEXT]
   purge      ID                    delete an ended mission's history
 
-Every command takes --url, --api-key and --json.
+Every command takes --url, --api-key and --json; dronehub mission COMMAND -h lists its flags.
 `
 
-func (a *App) mission(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(a.Stderr, missionUsage)
-		return errUsage
+// missionSynopsis is each mission command's usage line, without "dronehub".
+var missionSynopsis = map[string]string{
+	"start":     "mission start --pickup LAT,LON --dropoff LAT,LON --package ID [flags] | --file request.json",
+	"status":    "mission status ID [--history]",
+	"watch":     "mission watch ID [--interval 500ms] [--json]",
+	"list":      "mission list [--status Running,Completed] [--prefix P] [--top N] [--all]",
+	"raise":     "mission raise ID EVENT [JSON]",
+	"cancel":    "mission cancel ID [--reason TEXT]",
+	"terminate": "mission terminate ID [--reason TEXT]",
+	"suspend":   "mission suspend ID [--reason TEXT]",
+	"resume":    "mission resume ID [--reason TEXT]",
+	"purge":     "mission purge ID",
+}
+
+// isHelp reports whether arg asks a command group for its help.
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "help":
+		return true
 	}
-	cmd, args := args[0], args[1:]
-	fs := a.flagSet("mission "+cmd, "mission "+cmd+" [flags]")
+	return false
+}
+
+// group starts a command group (mission, drone, hub, deadletter): without
+// a command it prints the group's usage on stderr (exit 2), with -h on
+// stdout (exit 0); an unknown command is named (exit 2). ok is whether
+// cmd is one of the group's, whose usage line is synopsis[cmd].
+func (a *App) group(name, usage string, synopsis map[string]string, args []string) (cmd string, ok bool, err error) {
+	switch {
+	case len(args) == 0:
+		fmt.Fprint(a.Stderr, usage)
+		return "", false, errUsage
+	case isHelp(args[0]):
+		fmt.Fprint(a.Stdout, usage)
+		return "", false, nil
+	}
+	if _, known := synopsis[args[0]]; !known {
+		fmt.Fprintf(a.Stderr, "dronehub: unknown %s command %q\n\n%s", name, args[0], usage)
+		return "", false, errUsage
+	}
+	return args[0], true, nil
+}
+
+func (a *App) mission(ctx context.Context, args []string) error {
+	cmd, ok, err := a.group("mission", missionUsage, missionSynopsis, args)
+	if !ok {
+		return err
+	}
+	args = args[1:]
+	fs := a.flagSet("mission "+cmd, missionSynopsis[cmd])
 	f := a.apiFlags(fs)
 	switch cmd {
 	case "start":
 		return a.missionStart(ctx, fs, f, args)
+	case "watch":
+		return a.missionWatch(ctx, fs, f, args)
 	case "status":
 		history := fs.Bool("history", false, "include the orchestration history")
 		pos, err := a.parseInterleaved(fs, args)
@@ -55,7 +104,7 @@ func (a *App) mission(ctx context.Context, args []string) error {
 			return err
 		}
 		if len(pos) != 1 {
-			return usageErr(a, "mission status ID")
+			return usageErr(a, missionSynopsis[cmd])
 		}
 		c, err := f.dial(client.Options{})
 		if err != nil {
@@ -81,7 +130,7 @@ func (a *App) mission(ctx context.Context, args []string) error {
 			return err
 		}
 		if len(pos) < 2 || len(pos) > 3 {
-			return usageErr(a, "mission raise ID EVENT [JSON]")
+			return usageErr(a, missionSynopsis[cmd])
 		}
 		var payload any
 		if len(pos) == 3 {
@@ -108,7 +157,7 @@ func (a *App) mission(ctx context.Context, args []string) error {
 			return err
 		}
 		if len(pos) != 1 {
-			return usageErr(a, "mission "+cmd+" ID [--reason TEXT]")
+			return usageErr(a, missionSynopsis[cmd])
 		}
 		c, err := f.dial(client.Options{})
 		if err != nil {
@@ -128,7 +177,7 @@ func (a *App) mission(ctx context.Context, args []string) error {
 			return err
 		}
 		if len(pos) != 1 {
-			return usageErr(a, "mission purge ID")
+			return usageErr(a, missionSynopsis[cmd])
 		}
 		c, err := f.dial(client.Options{})
 		if err != nil {
@@ -139,8 +188,7 @@ func (a *App) mission(ctx context.Context, args []string) error {
 		}
 		return f.done(map[string]int{"instancesDeleted": 1}, "mission %s purged\n", pos[0])
 	}
-	fmt.Fprintf(a.Stderr, "dronehub: unknown mission command %q\n\n%s", cmd, missionUsage)
-	return errUsage
+	return fmt.Errorf("mission %s: not implemented", cmd)
 }
 
 func usageErr(a *App, synopsis string) error {
@@ -353,19 +401,31 @@ Commands:
   add     ID --home LAT,LON
   list
   status  ID
+  reset   ID... | --all    put idle drones back in service after a failure: healthy, fully
+                           charged, ready at home (refused for a drone a mission holds)
 
-Every command takes --url, --api-key and --json.
+Every command takes --url, --api-key and --json; dronehub drone COMMAND -h lists its flags.
 `
 
+// droneSynopsis is each drone command's usage line, without "dronehub".
+var droneSynopsis = map[string]string{
+	"add":    "drone add ID --home LAT,LON",
+	"list":   "drone list",
+	"status": "drone status ID",
+	"reset":  "drone reset ID... | --all",
+}
+
 func (a *App) drone(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(a.Stderr, droneUsage)
-		return errUsage
+	cmd, ok, err := a.group("drone", droneUsage, droneSynopsis, args)
+	if !ok {
+		return err
 	}
-	cmd, args := args[0], args[1:]
-	fs := a.flagSet("drone "+cmd, "drone "+cmd+" [flags]")
+	args = args[1:]
+	fs := a.flagSet("drone "+cmd, droneSynopsis[cmd])
 	f := a.apiFlags(fs)
 	switch cmd {
+	case "reset":
+		return a.droneReset(ctx, fs, f, args)
 	case "add":
 		home := fs.String("home", "", "home base LAT,LON")
 		pos, err := a.parseInterleaved(fs, args)
@@ -373,7 +433,7 @@ func (a *App) drone(ctx context.Context, args []string) error {
 			return err
 		}
 		if len(pos) != 1 || *home == "" {
-			return usageErr(a, "drone add ID --home LAT,LON")
+			return usageErr(a, droneSynopsis[cmd])
 		}
 		h, err := parseLatLon("home", *home)
 		if err != nil {
@@ -393,8 +453,8 @@ func (a *App) drone(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cmd == "status" && len(pos) != 1 {
-			return usageErr(a, "drone status ID")
+		if cmd == "status" && len(pos) != 1 || cmd == "list" && len(pos) != 0 {
+			return usageErr(a, droneSynopsis[cmd])
 		}
 		c, err := f.dial(client.Options{})
 		if err != nil {
@@ -433,6 +493,5 @@ func (a *App) drone(ctx context.Context, args []string) error {
 		}
 		return tw.Flush()
 	}
-	fmt.Fprintf(a.Stderr, "dronehub: unknown drone command %q\n\n%s", cmd, droneUsage)
-	return errUsage
+	return fmt.Errorf("drone %s: not implemented", cmd)
 }

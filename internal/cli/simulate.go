@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,12 +69,23 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 	// Retry notices come from the flights' goroutines while this one
 	// prints progress: one lock for everything simulate writes to stderr.
 	stderr := &lockedWriter{w: a.Stderr}
+	// On a terminal, progress is a bar redrawn in place (line); elsewhere
+	// a line every 2 s.
+	var line *statusLine
+	if isTerminal(a.Stderr) {
+		line = newStatusLine(stderr)
+		defer line.Clear()
+	}
 	var retries atomic.Int64
 	var lastNotice atomic.Int64
 	notice := func(err error) {
 		retries.Add(1)
 		if now := time.Now().UnixNano(); now-lastNotice.Load() > int64(time.Second) {
 			lastNotice.Store(now)
+			if line != nil {
+				line.Println("retrying: " + firstLine(err))
+				return
+			}
 			fmt.Fprintf(stderr, "retrying: %v\n", firstLine(err))
 		}
 	}
@@ -113,6 +125,7 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 	}
 
 	var flights []*simulator.Flight
+	planned := 0 // frames the flights will send, about
 	for i, m := range missionsFlown {
 		st, err := m.WaitPhase(ctx, domain.PhaseHeadedToPickup)
 		if errors.Is(err, client.ErrGone) {
@@ -131,6 +144,7 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			fo.Fault, fo.FaultAt = fault, faultAt
 		}
 		flights = append(flights, simulator.NewFlight(fo))
+		planned += plannedFrames(fo.Route, speed, step)
 	}
 
 	var sent, accepted atomic.Int64
@@ -144,7 +158,11 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 		return nil
 	})
 	start := time.Now()
-	progress := time.NewTicker(2 * time.Second)
+	every := 2 * time.Second
+	if line != nil {
+		every = 200 * time.Millisecond
+	}
+	progress := time.NewTicker(every)
 	defer progress.Stop()
 	flown := make(chan error, 1)
 	go func() { flown <- simulator.Fly(ctx, sink, time.Duration(float64(time.Second)/fps), flights...) }()
@@ -156,8 +174,17 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 			}
 			waiting = false
 		case <-progress.C:
+			if line != nil {
+				n := int(sent.Load())
+				line.Draw(fmt.Sprintf("flying %s %3.0f%%  %d/~%d frames sent, %d accepted%s, %.0fs", bar(fraction(n, planned), 30),
+					100*min(fraction(n, planned), 1), n, max(planned, n), accepted.Load(), retried(&retries), time.Since(start).Seconds()))
+				continue
+			}
 			fmt.Fprintf(stderr, "%4.0fs  %d frames sent, %d accepted%s\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
 		}
+	}
+	if line != nil {
+		line.Clear()
 	}
 	fmt.Fprintf(stderr, "flights over after %.0fs: %d frames sent, %d accepted%s; waiting for missions to end\n", time.Since(start).Seconds(), sent.Load(), accepted.Load(), retried(&retries))
 
@@ -185,6 +212,20 @@ func (a *App) simulate(ctx context.Context, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", st.InstanceID, orDash(ms.DroneID), ms.Phase, orDash(ms.Failure), orDash(strings.Join(steps, ", ")))
 	}
 	return tw.Flush()
+}
+
+// plannedFrames is about how many frames simulator.NewFlight sends on
+// route at speed, one per step: one per step of each leg flown, and the
+// ground frames (ready, take-off, landing, two dwelling at pickup and at
+// drop-off, two at home). A flight that goes silent sends fewer.
+func plannedFrames(route domain.Route, speed float64, step time.Duration) int {
+	const ground = 13
+	stride := speed * step.Seconds()
+	n := ground
+	for _, leg := range [][2]domain.LatLon{{route.Home, route.Pickup}, {route.Pickup, route.Dropoff}, {route.Dropoff, route.Home}} {
+		n += max(1, int(math.Ceil(domain.DistanceM(leg[0], leg[1])/stride)))
+	}
+	return n
 }
 
 // demoRequest is the i-th demo delivery around the demo fleet's base.
