@@ -113,6 +113,9 @@ type cluster struct {
 	hub     string
 	logDir  string
 	client  *http.Client
+	// args are more `dronehub worker` flags, added after the ones every
+	// worker gets (a later flag wins).
+	args []string
 
 	mu   sync.Mutex
 	all  []*worker
@@ -231,6 +234,7 @@ func (c *cluster) launch(name string, seed int) (*worker, error) {
 		"--log-format", "json",
 		"--log-level", logLevel(),
 	)
+	cmd.Args = append(cmd.Args, c.args...)
 	// Only what a worker needs from the environment: no DRONEHUB_* twin of
 	// a flag may change what the test set.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}

@@ -319,6 +319,21 @@ func (m *mission) onTelemetry(s domain.DroneState, reported domain.Phase) (bool,
 	route := *m.status.Route
 	m.status = domain.Aggregate(m.status, route, s, m.ctx.CurrentTimeUtc, m.set.CruiseSpeedMps)
 	if fault := s.Health.Fault(); fault != "" {
+		// The signals that reported the drone's earlier progress may come
+		// after this one, or never (signals overtake each other in queues,
+		// e.g. when a partition moves, and once the mission has ended the
+		// late ones are dropped): take the steps up to where this signal
+		// says the drone is first, so that what is compensated is what
+		// happened (a package picked up is rescheduled). A faulted drone
+		// may fly on, so its telemetry confirms a pickup but never a
+		// delivery: only a healthy drone's does.
+		target := reported
+		if domain.PhaseHeadedToDropoff.Before(target) {
+			target = domain.PhaseHeadedToDropoff
+		}
+		if done, out, err := m.advanceTo(target); done {
+			return done, out, err
+		}
 		out, err := m.end(domain.PhaseFailed, fmt.Sprintf("drone %s fault: %s", m.status.DroneID, fault))
 		return true, out, err
 	}

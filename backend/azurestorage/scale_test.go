@@ -127,20 +127,23 @@ func TestScaleSampleSeesBufferedWork(t *testing.T) {
 
 // TestReleasedPartitionsClaimedAtOnce: a worker that closes tells the
 // others, which claim its partitions at once instead of at their next
-// round (LeaseDuration/3: 5 s at the default 15 s); a worker that joins
-// tells them too, and is handed its share at once.
+// round (LeaseDuration/3: 10 s here); a worker that joins tells them too,
+// and is handed its share at once. Both must happen well within a round,
+// so that only the wake-ups can have done it.
 func TestReleasedPartitionsClaimedAtOnce(t *testing.T) {
 	t.Parallel()
 	hub := testHub(t)
-	b1 := openTest(t, Options{HubName: hub, Partitions: 4, WorkerID: "w-stays"})
+	const lease = 30 * time.Second // rounds every 10 s; early rounds at most every 1 s
+	within := lease / 6            // half a round
+	b1 := openTest(t, Options{HubName: hub, Partitions: 4, WorkerID: "w-stays", LeaseDuration: lease})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	b1.lm.waitReady(ctx)
-	b2 := openTest(t, Options{HubName: hub, Partitions: 4, WorkerID: "w-leaves"})
+	b2 := openTest(t, Options{HubName: hub, Partitions: 4, WorkerID: "w-leaves", LeaseDuration: lease})
 	joined := time.Now()
 	b2.lm.waitReady(ctx)
 	owners := func(b *Backend) int { return len(b.lm.owners()) }
-	deadline := time.Now().Add(4 * time.Second) // under a round: the join's wake-up did it
+	deadline := time.Now().Add(within)
 	for owners(b1) != 2 || owners(b2) != 2 {
 		if time.Now().After(deadline) {
 			t.Fatalf("not split 2/2 %s after the second worker joined: %d and %d", time.Since(joined).Round(time.Millisecond), owners(b1), owners(b2))
@@ -151,10 +154,10 @@ func TestReleasedPartitionsClaimedAtOnce(t *testing.T) {
 
 	closed := time.Now()
 	b2.Close()
-	deadline = time.Now().Add(3 * time.Second)
+	deadline = time.Now().Add(within)
 	for owners(b1) != 4 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the staying worker holds %d partitions %s after the other closed, want 4 within a second or so", owners(b1), time.Since(closed).Round(time.Millisecond))
+			t.Fatalf("the staying worker holds %d partitions %s after the other closed, want 4 long before its next round", owners(b1), time.Since(closed).Round(time.Millisecond))
 		}
 		time.Sleep(10 * time.Millisecond) // polling interval; the deadline bounds the wait
 	}
