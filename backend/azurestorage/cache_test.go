@@ -1715,8 +1715,12 @@ func TestCacheEvictionAndClose(t *testing.T) {
 		t.Fatalf("first: output %s", md.SerializedOutput)
 	}
 	mu.Lock()
-	if n := strings.Count(strings.Join(fresh, ","), "first"); n != 2 {
-		t.Errorf("first: %d episodes read storage (%v), want 2 (the start, the one after its eviction)", n, fresh)
+	// The start's episode reads storage (more than once if the worker's
+	// own poll found the start before its creator wrote the status row,
+	// and the two raced: see createInstance), and so must the episode
+	// after the eviction; the episodes between came from the cache.
+	if i := slices.Index(fresh, "second"); i < 0 || !slices.Contains(fresh[:i], "first") || slices.Index(fresh[i:], "first") < 0 {
+		t.Errorf("episodes that read storage %v: want first's start, then second's, then first's after its eviction", fresh)
 	}
 	mu.Unlock()
 	// Close deletes the sent rows of what is cached (second).
