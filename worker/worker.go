@@ -224,6 +224,9 @@ func (c Config) validate() error {
 	if c.OrchestrationConcurrency < 1 || c.ActivityConcurrency < 1 {
 		return fmt.Errorf("concurrency must be at least 1 (orchestrations %d, activities %d)", c.OrchestrationConcurrency, c.ActivityConcurrency)
 	}
+	if c.DashboardInterval < 0 || (c.DashboardInterval > 0 && c.DashboardInterval < 10*time.Millisecond) {
+		return fmt.Errorf("dashboard interval %s must be at least 10ms (or 0 for the default, 1s)", c.DashboardInterval)
+	}
 	if err := c.Mission.Validate(); err != nil {
 		return err
 	}

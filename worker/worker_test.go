@@ -31,6 +31,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"watchdog", func(c *worker.Config) { c.Mission.Watchdog = time.Millisecond }, "watchdog"},
 		{"battery", func(c *worker.Config) { c.Mission.BatteryFloor = 1.5 }, "battery floor"},
 		{"concurrency", func(c *worker.Config) { c.ActivityConcurrency = -1 }, "concurrency"},
+		{"dashboard interval", func(c *worker.Config) { c.DashboardInterval = time.Millisecond }, "dashboard interval"},
 		{"api key", func(c *worker.Config) { c.APIKeys = []string{"abc"} }, "at least 16"},
 		{"storage", func(c *worker.Config) { c.Storage = "mysql://db" }, "unsupported connection string"},
 	} {

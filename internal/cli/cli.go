@@ -157,6 +157,7 @@ type workerFlags struct {
 	watchdog, heartbeat, lockTimeout, grace            time.Duration
 	storageTimeout, writeTimeout, idlePoll             time.Duration
 	scaleInterval, scaleIdleAfter, scaleCalm, scaleLag time.Duration
+	dashboardInterval                                  time.Duration
 	wake                                               string
 	batteryFloor                                       float64
 }
@@ -190,6 +191,7 @@ func (a *App) worker(ctx context.Context, args []string) error {
 	fs.IntVar(&f.seedDrones, "seed-drones", 5, "demo drones created when the fleet is empty (0 for none)")
 	fs.DurationVar(&f.lockTimeout, "lock-timeout", 2*time.Minute, "how long a crashed worker's work stays locked")
 	fs.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "time given to in-flight work on shutdown")
+	fs.DurationVar(&f.dashboardInterval, "dashboard-interval", time.Second, "how often the dashboard's live feed reads the task hub while a dashboard is open (docs/dashboard.md)")
 	fs.DurationVar(&f.scaleInterval, "scale-interval", scale.DefaultInterval, "least time between two samples of the queues for the scale signal (GET /api/hub/scale)")
 	fs.DurationVar(&f.scaleIdleAfter, "scale-idle-after", scale.DefaultIdleAfter, "how long the task hub must be idle (nothing queued, no drone on a mission) before the scale signal recommends 0 workers")
 	fs.DurationVar(&f.scaleLag, "scale-high-latency", scale.DefaultHighLatency, "age of a queue's oldest message, in two samples in a row, over which the scale signal adds workers")
@@ -249,6 +251,7 @@ func (a *App) worker(ctx context.Context, args []string) error {
 		MaxBodyMemory:            int64(f.maxBodyMemory),
 		StorageTimeout:           f.storageTimeout,
 		WriteTimeout:             f.writeTimeout,
+		DashboardInterval:        f.dashboardInterval,
 		Scale:                    scale.Options{Interval: f.scaleInterval, IdleAfter: f.scaleIdleAfter, HighLatency: f.scaleLag, Calm: f.scaleCalm},
 		Logger:                   logger,
 	}

@@ -51,6 +51,7 @@ func TestWorkerRejectsBadSettingsNamingTheFlag(t *testing.T) {
 	}{
 		{"bad duration flag", nil, []string{"--watchdog", "soon"}, "watchdog"},
 		{"bad env twin", map[string]string{"DRONEHUB_WATCHDOG": "soon"}, nil, "DRONEHUB_WATCHDOG"},
+		{"dashboard interval too short", nil, []string{"--dashboard-interval", "1ms"}, "dashboard interval"},
 		{"open address without keys", nil, []string{"--listen", "0.0.0.0:0"}, "--api-keys"},
 		{"malformed listen", nil, []string{"--listen", "8080"}, "HOST:PORT"},
 		{"bad log level", nil, []string{"--log-level", "loud"}, "--log-level"},
