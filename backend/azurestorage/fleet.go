@@ -50,10 +50,10 @@ type Fleet struct {
 	// ETag: if another process wrote the drone since, the write fails (412)
 	// and the update reads the row, so a stale entry costs a round trip,
 	// never a lost update.
-	known droneCache
+	known knownMap[knownRecord]
 	// effectSeqs holds the effect counters this Fleet last wrote, so that
 	// recording a mission's next effect reads nothing (RecordEffect).
-	effectSeqs effectCache
+	effectSeqs knownMap[effectSeq]
 	// backoff paces retries after lost races with other processes.
 	backoff keyed.Backoff
 	// slack is how far the index may keep LastFrameAt behind the record.
@@ -275,7 +275,7 @@ func (f *Fleet) updateLocked(ctx context.Context, id string, fn func(*fleet.Dron
 		}
 		switch {
 		case err == nil:
-			f.known.put(id, w.written(newETag))
+			f.remember(id, w.written(newETag))
 			return d, nil
 		case isNotFound(err) && len(w.actions) > 1:
 			// The drone row is gone, or an index row it records is (which
@@ -443,7 +443,7 @@ func (f *Fleet) submitChunk(ctx context.Context, ids []string, chunk []batchWrit
 		op := 0
 		for _, w := range chunk {
 			if op < len(etags) {
-				f.known.put(ids[w.i], w.written(etags[op]))
+				f.remember(ids[w.i], w.written(etags[op]))
 			}
 			op += len(w.actions)
 		}
@@ -589,38 +589,43 @@ func (w droneWrite) written(etag azcore.ETag) knownRecord {
 // knownDrones bounds Fleet.known: records of about a kilobyte each.
 const knownDrones = 20000
 
-// droneCache is a bounded map of known records; when full, an arbitrary
-// entry makes room (any entry is only a read saved).
-type droneCache struct {
+// knownMap is a bounded map of what this Fleet last wrote, by key; when
+// full, an arbitrary entry makes room (any entry is only a read saved).
+// take removes the entry: it is put back only after a write succeeds.
+type knownMap[V any] struct {
 	mu  sync.Mutex
-	m   map[string]knownRecord
+	m   map[string]V
 	max int
 }
 
-func (c *droneCache) take(id string) (knownRecord, bool) {
+func (c *knownMap[V]) take(key string) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k, ok := c.m[id]
-	delete(c.m, id)
-	return k, ok
+	v, ok := c.m[key]
+	delete(c.m, key)
+	return v, ok
 }
 
-func (c *droneCache) put(id string, k knownRecord) {
-	if k.etag == "" {
-		return
-	}
+func (c *knownMap[V]) put(key string, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
-		c.m = map[string]knownRecord{}
+		c.m = map[string]V{}
 	}
-	if _, has := c.m[id]; !has && len(c.m) >= c.max {
+	if _, has := c.m[key]; !has && len(c.m) >= c.max {
 		for other := range c.m {
 			delete(c.m, other)
 			break
 		}
 	}
-	c.m[id] = k
+	c.m[key] = v
+}
+
+// remember keeps the record written to drone id, if its ETag is known.
+func (f *Fleet) remember(id string, k knownRecord) {
+	if k.etag != "" {
+		f.known.put(id, k)
+	}
 }
 
 // The watch index (see Fleet).
@@ -881,7 +886,10 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 	defer f.missions.Unlock(e.MissionID, l)
 	pk, rk := escapeKey(e.MissionID), "e|"+escapeKey(e.Kind)
 	bo := f.backoff
-	guess, guessed := f.effectSeqs.take(e.MissionID)
+	// A mission this Fleet has not seen gets the zero counter: a guess
+	// that it has no effects yet.
+	guess, _ := f.effectSeqs.take(e.MissionID)
+	guessed := true
 	for {
 		var seq int64
 		var counterETag *azcore.ETag
@@ -955,38 +963,6 @@ func (f *Fleet) RecordEffect(ctx context.Context, e fleet.Effect) (bool, error) 
 type effectSeq struct {
 	seq  int64
 	etag azcore.ETag
-}
-
-// effectCache is a bounded map of effect counters; take returns a zero
-// counter, and true, for a mission it does not know (a guess that it has
-// no effects yet). When full, an arbitrary entry makes room.
-type effectCache struct {
-	mu  sync.Mutex
-	m   map[string]effectSeq
-	max int
-}
-
-func (c *effectCache) take(mission string) (effectSeq, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.m[mission]
-	delete(c.m, mission)
-	return s, true
-}
-
-func (c *effectCache) put(mission string, s effectSeq) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[string]effectSeq{}
-	}
-	if _, has := c.m[mission]; !has && len(c.m) >= c.max {
-		for other := range c.m {
-			delete(c.m, other)
-			break
-		}
-	}
-	c.m[mission] = s
 }
 
 // Effects implements fleet.Store.

@@ -571,19 +571,9 @@ func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
 		return buffered < activityBatch && b.poll.isDrained(0) &&
 			time.Since(time.Unix(0, b.actPolling.Load())) < b.opts.MaxPollInterval+time.Second
 	}
-	p := b.queuePartition(q)
-	if p < 0 {
-		return false
-	}
-	// Only while this process's orchestration poller runs and keeps up:
-	// messages held here are invisible to everyone else, and to the
-	// queue-lag measure that moves partitions off a worker that falls
-	// behind.
-	b.mu.Lock()
-	backlog := len(b.ready)
-	b.mu.Unlock()
-	return b.lm.isActive(p) && backlog < maxHandBacklog && b.poll.isDrained(p+1) &&
-		time.Since(time.Unix(0, b.orchPolling.Load())) < b.opts.MaxPollInterval+time.Second
+	// What a carried result needs (carriable), and a queue without a
+	// backlog: a message handed over may not overtake one.
+	return b.carriable(q) && b.poll.isDrained(b.queuePartition(q)+1)
 }
 
 // carriable reports whether an activity result for control queue q can be
@@ -596,7 +586,9 @@ func (b *Backend) handDeliverable(q *azqueue.QueueClient, env envelope) bool {
 // in any order; and a message the instance sent itself before scheduling
 // the activity (a timer) is not ordered with the activity either. The
 // backlog bound and the poller check still apply: a carried result stands
-// for its activity message, held and renewed by this process.
+// for its activity message, held and renewed by this process, and messages
+// held here are invisible to everyone else and to the queue-lag measure
+// that moves partitions off a worker that falls behind.
 func (b *Backend) carriable(q *azqueue.QueueClient) bool {
 	if b.bg.Err() != nil {
 		return false

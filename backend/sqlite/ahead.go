@@ -75,6 +75,13 @@ func stopAhead[W any](a *ahead[W]) []*W {
 	return items
 }
 
+// isStopped reports whether Stop was called (and Start not since).
+func (a *ahead[W]) isStopped() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stopped
+}
+
 // startAhead makes putAhead keep items again.
 func startAhead[W any](a *ahead[W]) {
 	a.mu.Lock()
@@ -87,7 +94,7 @@ func actOwner(wi *dtbackend.ActivityWorkItem) string       { return wi.LockedBy 
 
 // batchSize is how many work items a fetch may lock.
 func (b *Backend) batchSize() int {
-	if b.stopped.Load() {
+	if b.actAhead.isStopped() {
 		return 1
 	}
 	return b.opts.FetchBatch

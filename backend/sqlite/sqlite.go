@@ -23,7 +23,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,11 +123,9 @@ type Backend struct {
 
 	orchWake, actWake taskhub.Wake
 	leases            leases
-	// orchAhead and actAhead are work items fetched ahead (ahead.go);
-	// stopped turns fetching ahead off once Stop was called.
+	// orchAhead and actAhead are work items fetched ahead (ahead.go).
 	orchAhead ahead[dtbackend.OrchestrationWorkItem]
 	actAhead  ahead[dtbackend.ActivityWorkItem]
-	stopped   atomic.Bool
 	group     writeGroup
 
 	mu      sync.Mutex
@@ -239,7 +236,6 @@ func (b *Backend) closeLocked() error {
 		return nil
 	}
 	b.closed = true
-	b.stopped.Store(true)
 	ctx, cancel := handBack(context.Background())
 	b.handBackAhead(ctx)
 	cancel()
@@ -285,7 +281,6 @@ func (b *Backend) DeleteTaskHub(ctx context.Context) error {
 // Start implements backend.Backend. Locks are renewed whenever work items
 // are out; there is nothing else to start.
 func (b *Backend) Start(context.Context) error {
-	b.stopped.Store(false)
 	startAhead(&b.orchAhead)
 	startAhead(&b.actAhead)
 	return nil
@@ -296,7 +291,6 @@ func (b *Backend) Start(context.Context) error {
 // work still running then (cut off at the shutdown deadline) is delivered
 // again when its lock expires, unless it is completed or abandoned first.
 func (b *Backend) Stop(ctx context.Context) error {
-	b.stopped.Store(true)
 	b.handBackAhead(ctx)
 	b.dropLeases()
 	return nil
@@ -353,7 +347,6 @@ const maxGroup = 64
 // commitGroups runs one group of the waiting writes, then leaves the lead
 // to another goroutine if more are waiting.
 func (b *Backend) commitGroups() {
-	runtime.Gosched()
 	b.group.mu.Lock()
 	n := min(len(b.group.queue), maxGroup)
 	batch := b.group.queue[:n:n]
