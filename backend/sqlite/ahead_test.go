@@ -916,3 +916,29 @@ func TestAheadFetchRacingStop(t *testing.T) {
 		t.Fatalf("b fetched %v, want %v", others, seqs[1:])
 	}
 }
+
+// TestAheadCrashLeavesItemsToTheLockTimeout: a process that dies with items
+// ahead (no Stop, no Close: its renewals just stop) loses nothing. Its
+// items stay locked until their locks expire, then another process fetches
+// every one of them, the one it was running included, each once.
+func TestAheadCrashLeavesItemsToTheLockTimeout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hub.db")
+	a := aheadOpen(t, path, Options{LockTimeout: time.Second})
+	b := aheadOpen(t, path, Options{LockTimeout: time.Second})
+	db := aheadRaw(t, path)
+	seqs := aheadFanOut(t, a, db, "fan", 4)
+	aheadFetchAct(t, a) // running; the other 3 wait ahead
+	if n := aheadLocked(aheadTasks(t, db)); n != 4 {
+		t.Fatalf("%d of 4 locked after a's fetch, want 4", n)
+	}
+	a.closeLeases() // the crash: no hand-back, no renewal
+	var got []int64
+	for range 4 {
+		got = append(got, aheadFetchAct(t, b).SequenceNumber)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, seqs) {
+		t.Fatalf("b fetched %v after a's locks expired, want %v", got, seqs)
+	}
+	aheadNoAct(t, b, 300*time.Millisecond)
+}
