@@ -19,6 +19,7 @@ import (
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
 	"github.com/dronehub/dronehub/metrics"
+	"github.com/dronehub/dronehub/taskhub"
 )
 
 // Signaler raises an event on an orchestration instance. A durabletask-go
@@ -49,6 +50,11 @@ type IngestOptions struct {
 	// mission the batch raised signals to (see fleet.Drone.MissionTrace);
 	// nil traces nothing.
 	Tracer trace.Tracer
+	// Raiser, when set, raises all the signals a batch calls for in one
+	// call (a backend's taskhub.EventRaiser: on Azure Storage a few queue
+	// messages instead of one per signal); nil raises them one by one
+	// through the Signaler.
+	Raiser taskhub.EventRaiser
 }
 
 // Ingestor applies telemetry to drone state and raises meaningful changes to
@@ -254,17 +260,27 @@ func (in *Ingestor) ingestDrones(ctx context.Context, ids []string, byDrone map[
 	// of a drone's were raised: if raising fails, the next frame raises the
 	// change again.
 	raised := make([]bool, len(raise))
-	sem := make(chan struct{}, signalsAtOnce)
-	var wg sync.WaitGroup
-	for k, id := range raise {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			raised[k] = in.raise(ctx, id, outcomes[id])
-		}()
+	if in.opts.Raiser != nil {
+		ok := in.raiseAll(ctx, raise, outcomes)
+		for k, id := range raise {
+			raised[k] = ok
+			if ok {
+				in.link(ctx, id, outcomes[id])
+			}
+		}
+	} else {
+		sem := make(chan struct{}, signalsAtOnce)
+		var wg sync.WaitGroup
+		for k, id := range raise {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				raised[k] = in.raise(ctx, id, outcomes[id])
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	var record []string
 	signals := 0
 	for k, id := range raise {
@@ -307,6 +323,32 @@ func (in *Ingestor) raise(ctx context.Context, id string, o droneOutcome) bool {
 			return false
 		}
 	}
+	in.link(ctx, id, o)
+	return true
+}
+
+// raiseAll raises the signals of the drones ids, each drone's in order, in
+// one call of the Raiser; false if it failed (some may have been raised:
+// the drones' next frames raise their states again).
+func (in *Ingestor) raiseAll(ctx context.Context, ids []string, outcomes map[string]droneOutcome) bool {
+	var events []taskhub.RaisedEvent
+	for _, id := range ids {
+		o := outcomes[id]
+		for _, sig := range o.signals {
+			payload, _ := json.Marshal(sig)
+			events = append(events, taskhub.RaisedEvent{Instance: api.InstanceID(o.missionID),
+				Event: taskhub.NewEventRaisedEvent(domain.SignalEvent, string(payload))})
+		}
+	}
+	if err := in.opts.Raiser.AddNewOrchestrationEvents(ctx, events); err != nil {
+		in.log.WarnContext(ctx, "raise telemetry signals failed; they are raised again with the drones' next frames", "drones", len(ids), "signals", len(events), "err", err)
+		return false
+	}
+	return true
+}
+
+// link links the batch's span to the trace of the mission o signalled.
+func (in *Ingestor) link(ctx context.Context, id string, o droneOutcome) {
 	if o.trace.IsValid() {
 		// The batch advanced the mission: link its span to the mission's
 		// trace, which lives on in other spans (a signal event carries no
@@ -316,7 +358,6 @@ func (in *Ingestor) raise(ctx context.Context, id string, o droneOutcome) bool {
 			attribute.Int("dronehub.telemetry.signals", len(o.signals)),
 		}})
 	}
-	return true
 }
 
 // apply applies the frames idx of a batch to d, records their verdicts in

@@ -19,6 +19,7 @@ import (
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
 	"github.com/dronehub/dronehub/simulator"
+	"github.com/dronehub/dronehub/taskhub"
 )
 
 // recorder is a Signaler that records what would be raised: the signal
@@ -253,5 +254,93 @@ func TestWatchdogRaisesASignalIngestionCouldNotRaise(t *testing.T) {
 	}
 	if rec.count() != 1 {
 		t.Fatalf("watchdog raised the pending signal again: %d signals", rec.count())
+	}
+}
+
+// batchRaiser is a taskhub.EventRaiser that records each call's events.
+type batchRaiser struct {
+	mu    sync.Mutex
+	calls [][]taskhub.RaisedEvent
+	fail  bool
+}
+
+func (r *batchRaiser) AddNewOrchestrationEvents(_ context.Context, events []taskhub.RaisedEvent) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail {
+		return fmt.Errorf("injected: raise failed")
+	}
+	r.calls = append(r.calls, events)
+	return nil
+}
+
+// TestIngestRaisesABatchInOneCall: with a Raiser, the signals of every
+// drone in a batch are raised in one call, each drone's together and in
+// the order of its frames (the phases never go back), and none through the
+// Signaler; when the call fails, nothing counts as raised and the drones'
+// next frames raise their states again.
+func TestIngestRaisesABatchInOneCall(t *testing.T) {
+	t.Parallel()
+	store := openStore(t)
+	ids := []string{"d1", "d2", "d3"}
+	var flights []*simulator.Flight
+	for _, id := range ids {
+		flights = append(flights, simulator.NewFlight(simulator.FlightOptions{DroneID: id, Route: dispatched(t, store, id), SpeedMps: 50}))
+	}
+	rec := &recorder{}
+	raiser := &batchRaiser{fail: true}
+	in := activities.NewIngestor(store, rec, activities.IngestOptions{Heartbeat: time.Hour, Logger: quiet(), Raiser: raiser})
+	next := func(n int) []domain.Frame {
+		var frames []domain.Frame
+		for range n {
+			for _, f := range flights {
+				if fr, ok := f.Next(); ok {
+					frames = append(frames, fr)
+				}
+			}
+		}
+		return frames
+	}
+	if res, err := in.Ingest(context.Background(), decoded(next(1))); err != nil || res.Signals != 0 {
+		t.Fatalf("with raising broken: %+v, %v: want no signal counted", res, err)
+	}
+	raiser.mu.Lock()
+	raiser.fail = false
+	raiser.mu.Unlock()
+	res, err := in.Ingest(context.Background(), decoded(next(200)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raiser.mu.Lock()
+	calls := raiser.calls
+	raiser.mu.Unlock()
+	if len(calls) != 1 {
+		t.Fatalf("%d calls of the Raiser for one batch, want 1", len(calls))
+	}
+	if rec.count() != 0 {
+		t.Errorf("%d signals raised one by one beside the Raiser", rec.count())
+	}
+	if len(calls[0]) != res.Signals || res.Signals < 3*4 {
+		t.Fatalf("%d events raised, %d signals counted: want them equal and each drone's flight (takeoff, pickup, drop-off, home) raised", len(calls[0]), res.Signals)
+	}
+	done := map[api.InstanceID]bool{}
+	var last api.InstanceID
+	phase := map[api.InstanceID]domain.Phase{}
+	for _, e := range calls[0] {
+		if e.Instance != last && done[e.Instance] {
+			t.Fatalf("the signals of %s are not together in the call", e.Instance)
+		}
+		done[e.Instance], last = true, e.Instance
+		var sig domain.Signal
+		if err := json.Unmarshal([]byte(e.Event.GetEventRaised().GetInput().GetValue()), &sig); err != nil || e.Event.GetEventRaised().GetName() != domain.SignalEvent {
+			t.Fatalf("event %v: %v", e.Event, err)
+		}
+		if phase[e.Instance] != "" && sig.Phase.Before(phase[e.Instance]) {
+			t.Errorf("%s: phase %s raised after %s", e.Instance, sig.Phase, phase[e.Instance])
+		}
+		phase[e.Instance] = sig.Phase
+	}
+	if len(done) != len(ids) {
+		t.Errorf("signals for %d missions, want %d (the first frames, whose raise failed, are raised again)", len(done), len(ids))
 	}
 }

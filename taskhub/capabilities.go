@@ -146,3 +146,21 @@ type ChangeLister interface {
 	// ErrTooManyChanges.
 	InstancesChangedSince(ctx context.Context, since time.Time, limit int) (changed []*api.OrchestrationMetadata, next time.Time, err error)
 }
+
+// RaisedEvent is one event for EventRaiser.
+type RaisedEvent struct {
+	Instance api.InstanceID
+	Event    *dtbackend.HistoryEvent
+}
+
+// EventRaiser is a backend that adds many events at once for fewer storage
+// requests than one AddNewOrchestrationEvent each. Telemetry ingestion
+// raises a post's signals to their missions this way.
+type EventRaiser interface {
+	// AddNewOrchestrationEvents adds each event to its instance as
+	// AddNewOrchestrationEvent would, each instance's events in the order
+	// given. On error any of them may have been added, each instance's
+	// as a prefix of its events: a caller that raises them again must
+	// expect its consumers to see some twice.
+	AddNewOrchestrationEvents(ctx context.Context, events []RaisedEvent) error
+}

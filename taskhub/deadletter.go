@@ -192,3 +192,12 @@ func NewExecutionStartedEvent(id api.InstanceID, execID, name, input string, at 
 	}
 	return e
 }
+
+// NewEventRaisedEvent returns the event a client's RaiseEvent(name) with
+// the raw payload sends, as durabletask-go's client builds it.
+func NewEventRaisedEvent(name, payload string) *dtbackend.HistoryEvent {
+	return newEvent("eventRaised", func(m protoreflect.Message) {
+		setField(m, "name", protoreflect.ValueOfString(name))
+		setField(m, "input", protoreflect.ValueOfMessage(wrapperspb.String(payload).ProtoReflect()))
+	})
+}

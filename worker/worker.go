@@ -320,7 +320,7 @@ func newWorker(ctx context.Context, cfg Config, hub *backend.Hub, m *metrics.Met
 	client := dtbackend.NewTaskHubClient(hub.Backend)
 	ingestor := activities.NewIngestor(hub.Fleet, client, activities.IngestOptions{
 		Heartbeat: cfg.Heartbeat, BatteryFloor: cfg.Mission.BatteryFloor, ArrivalRadiusM: cfg.Mission.ArrivalRadiusM, Logger: log,
-		Metrics: m, Tracer: tracer,
+		Metrics: m, Tracer: tracer, Raiser: raiserOf(hub.Backend),
 	})
 	reg := task.NewTaskRegistry()
 	if err := reg.AddOrchestratorN(orchestrations.DeliveryMissionName, orchestrations.DeliveryMission); err != nil {
@@ -625,4 +625,12 @@ func (w *Worker) Run(ctx context.Context, ln net.Listener, grace time.Duration) 
 	err = errors.Join(err, w.Shutdown(sctx))
 	w.log.Info("stopped")
 	return err
+}
+
+// raiserOf is be as a taskhub.EventRaiser, or nil when it is not one.
+func raiserOf(be taskhub.Backend) taskhub.EventRaiser {
+	if r, ok := be.(taskhub.EventRaiser); ok {
+		return r
+	}
+	return nil
 }

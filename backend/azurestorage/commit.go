@@ -564,6 +564,16 @@ func (b *Backend) deleteBlobs(ctx context.Context, names []string) {
 // confirm records that msgs were deleted, so that the instance's next
 // commit can forget their ids (see dedupe.go).
 func (b *Backend) confirm(id string, msgs []*inMsg) {
+	// A bundle's part is confirmed when the bundle's message is deleted
+	// (settle): until then the whole bundle can come back.
+	b.confirmIDs(id, slices.DeleteFunc(slices.Clone(msgs), (*inMsg).isPart))
+}
+
+// confirmIDs records that msgs are gone from their queue for good.
+func (b *Backend) confirmIDs(id string, msgs []*inMsg) {
+	if len(msgs) == 0 {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	set := b.confirmed[id]

@@ -54,6 +54,10 @@ type envelope struct {
 	// Hand is 1 for a message delivered by hand (see handDeliver): a
 	// delivery the queue's DequeueCount does not count.
 	Hand int64 `json:"hd,omitempty"`
+	// Parts makes the message a bundle: the envelopes of events for any
+	// instances, each with an id of its own (bundle.go). A bundle has an
+	// ID, Hand and Benign, and nothing else.
+	Parts []envelope `json:"ps,omitempty"`
 }
 
 // messageAge is how long a visible message has waited: since it became
@@ -216,6 +220,12 @@ type inMsg struct {
 	// own message: deleted once the episode that consumes the result
 	// commits, it is what makes the result durable until then.
 	carrier *inMsg
+	// bundle is set on a bundle's own message, the carrier of its parts.
+	bundle *bundle
+	// consumed marks a bundle's part whose episode committed it (guarded
+	// by its bundle's mu); failed says why a part cannot be read.
+	consumed bool
+	failed   string
 
 	// lockNs is when the current lock began (dequeue or renewal), unix
 	// nanoseconds. Atomic, not under lk: lk is held across storage calls,
@@ -243,6 +253,12 @@ func newInMsg(q *azqueue.QueueClient, partition int, msgID, pop string, now time
 func (b *Backend) decode(ctx context.Context, m *inMsg) error {
 	if err := json.Unmarshal([]byte(m.content), &m.env); err != nil {
 		return fmt.Errorf("message is not a task hub envelope: %w", err)
+	}
+	if len(m.env.Parts) > 0 {
+		if m.env.ID == "" || m.env.Instance != "" || m.env.Event != nil || m.env.Blob != "" {
+			return errors.New("message is not a task hub bundle: a bundle has an id and parts only")
+		}
+		return nil // its parts are read by unbundle
 	}
 	if m.env.ID == "" || m.env.Instance == "" {
 		return errors.New("message is not a task hub envelope: no id or instance")
@@ -276,7 +292,7 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 		return nil, fmt.Errorf("azurestorage: dequeue from %s: %w", queueName(q), err)
 	}
 	now := time.Now()
-	var out []*inMsg
+	var out, held []*inMsg
 	for _, m := range resp.Messages {
 		im := newInMsg(q, partition, *m.MessageID, *m.PopReceipt, now)
 		if m.MessageText != nil {
@@ -301,6 +317,10 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 			b.poison(ctx, im, "unreadable: "+err.Error(), im.dequeueCount)
 			continue
 		}
+		if len(im.env.Parts) > 0 {
+			out = append(out, b.receiveBundle(ctx, im)...)
+			continue
+		}
 		// Deliveries that ended in a benign release (see release) do not
 		// count: a message is poison when it failed MaxDequeueCount times
 		// — its episode failed, or its worker died holding it.
@@ -313,20 +333,32 @@ func (b *Backend) dequeue(ctx context.Context, q *azqueue.QueueClient, partition
 			// counts: visibility is rounded up to whole seconds, so this
 			// makes a timer at most a second late, never early.
 			if err := b.enqueue(ctx, q, im.env, time.UnixMilli(im.env.NotBefore)); err != nil {
+				b.hold(held...)
 				return out, err
 			}
 			b.deleteMsg(ctx, im)
 			continue
 		}
+		held = append(held, im)
 		out = append(out, im)
 	}
-	b.hold(out...)
+	b.hold(held...)
 	return out, nil
 }
 
 // deleteMsg deletes a consumed message; a message already gone (its lock
 // expired and another consumer took it) is not an error here.
 func (b *Backend) deleteMsg(ctx context.Context, m *inMsg) error {
+	if m.isPart() {
+		m.lk.Lock()
+		gone := m.gone
+		m.gone = true
+		m.lk.Unlock()
+		if gone {
+			return nil
+		}
+		return b.settle(ctx, m, true)
+	}
 	if m.carrier != nil {
 		// A carried result is consumed: its activity's message goes.
 		m.lk.Lock()
@@ -713,17 +745,28 @@ func (b *Backend) materialize(ctx context.Context, m *inMsg, delay time.Duration
 	// Its carried delivery counts toward MaxDequeueCount like any other
 	// (Hand), unless it ended in a benign release (Benign).
 	env := m.env
-	env.Hand = 1
+	env.Hand = m.dequeueCount
 	if benign {
 		env.Benign++
 	}
 	// Visible, never handed over again: whoever releases a message wants
 	// the queue to have it.
 	if err := b.enqueueVisible(ctx, m.queue, env, at); err != nil {
+		if m.isPart() {
+			// Unsettled, its bundle must come back whole.
+			b.abandon(carrier)
+			return fmt.Errorf("azurestorage: send a bundled event alone: %w", err)
+		}
 		if rerr := b.release(ctx, carrier, 0, true); rerr != nil && !errors.Is(rerr, dtbackend.ErrWorkItemLockLost) {
 			b.log.Debug("azurestorage: release an activity message after its result could not be sent (its lock will expire)", "err", rerr)
 		}
 		return fmt.Errorf("azurestorage: send a carried activity result: %w", err)
+	}
+	if m.isPart() {
+		if err := b.settle(ctx, m, false); err != nil {
+			b.log.Debug("azurestorage: delete a bundle whose last event was sent alone (its events come again as copies)", "err", err)
+		}
+		return nil
 	}
 	if err := b.deleteMsg(ctx, carrier); err != nil {
 		b.log.Debug("azurestorage: delete an activity message whose result was sent (the activity may run again)", "err", err)

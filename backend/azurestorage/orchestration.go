@@ -263,10 +263,9 @@ func (b *Backend) pollControl(ctx context.Context, parts []int) (int, error) {
 		if err != nil {
 			errs = append(errs, err)
 		} else {
-			b.lm.notePoll(p, len(msgs))
-		}
-		if err == nil {
-			b.poll.polled(p+1, len(msgs), controlBatch)
+			n := queueMessages(msgs)
+			b.lm.notePoll(p, n)
+			b.poll.polled(p+1, n, controlBatch)
 		}
 		if len(msgs) > 0 && !b.lm.isActive(p) {
 			// The partition was lost or handed off during the dequeue.

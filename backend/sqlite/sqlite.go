@@ -650,6 +650,38 @@ func (b *Backend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceI
 	return nil
 }
 
+// AddNewOrchestrationEvents implements taskhub.EventRaiser: every event in
+// one transaction, so they are added all or none.
+func (b *Backend) AddNewOrchestrationEvents(ctx context.Context, events []taskhub.RaisedEvent) error {
+	payloads := make([][]byte, len(events))
+	for i, r := range events {
+		if r.Event == nil || r.Event.Timestamp == nil {
+			return fmt.Errorf("sqlite: event %d for %s: an event with a timestamp is required", i, r.Instance)
+		}
+		p, err := dtbackend.MarshalHistoryEvent(r.Event)
+		if err != nil {
+			return fmt.Errorf("sqlite: event %d for %s: %w", i, r.Instance, err)
+		}
+		payloads[i] = p
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	err := b.writeDurable(ctx, func(tx *stx) error {
+		for i, r := range events {
+			if err := addEvent(ctx, tx, string(r.Instance), "", r.Event, payloads[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("sqlite: add %d events: %w", len(events), err)
+	}
+	b.orchWake.Notify()
+	return nil
+}
+
 // addEvent queues an event for an instance; a terminate also cancels the
 // wait for a scheduled start.
 func addEvent(ctx context.Context, tx *stx, id, execID string, e *dtbackend.HistoryEvent, payload []byte) error {
