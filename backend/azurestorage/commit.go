@@ -684,7 +684,7 @@ func (b *Backend) statusRow(ctx context.Context, id string, state *dtbackend.Orc
 		seen = append(seen, seenEntry{key: seenKey(m.env.ID), at: now.Unix(), resend: m.env.From != ""})
 	}
 	for _, s := range it.stashUsed {
-		seen = append(seen, seenEntry{key: seenKey(s.msgID), at: now.Unix()})
+		seen = append(seen, seenEntry{key: seenKey(s.msgID), at: now.Unix(), resend: s.from != ""})
 	}
 	if len(seen) > maxSeenEntries {
 		dropped += len(seen) - maxSeenEntries

@@ -153,7 +153,10 @@ type loadedState struct {
 
 type stashed struct {
 	rk, msgID, blob string
-	event           *dtbackend.HistoryEvent
+	// from is the sending orchestration of a message from an outbox,
+	// which may be re-sent: its id is remembered as long (dedupe.go).
+	from  string
+	event *dtbackend.HistoryEvent
 }
 
 func (s *loadedState) historyCount() int {
@@ -241,7 +244,7 @@ func (b *Backend) load(ctx context.Context, id string) (*loadedState, error) {
 		if err != nil {
 			return nil, fmt.Errorf("azurestorage: instance %s stashed event: %w", id, err)
 		}
-		st.stash = append(st.stash, stashed{rk: e.str("RowKey"), msgID: e.str("MsgID"), blob: e.str("EventBlob"), event: ev})
+		st.stash = append(st.stash, stashed{rk: e.str("RowKey"), msgID: e.str("MsgID"), from: e.str("From"), blob: e.str("EventBlob"), event: ev})
 	}
 	return st, nil
 }

@@ -411,15 +411,25 @@ func (b *Backend) dropPending(p int) {
 func (b *Backend) releaseAll(msgs []*inMsg, delay time.Duration) {
 	ctx, cancel := context.WithTimeout(b.bg, 30*time.Second)
 	defer cancel()
+	var order []string
+	byInstance := map[string][]*inMsg{}
+	for _, m := range msgs {
+		if _, ok := byInstance[m.env.Instance]; !ok {
+			order = append(order, m.env.Instance)
+		}
+		byInstance[m.env.Instance] = append(byInstance[m.env.Instance], m)
+	}
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
-	for _, m := range msgs {
+	for _, id := range order {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := b.release(ctx, m, delay, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
-				b.log.Debug("azurestorage: release message", "err", err)
+			for _, m := range byInstance[id] {
+				if err := b.release(ctx, m, delay, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
+					b.log.Debug("azurestorage: release message", "err", err)
+				}
 			}
 		}()
 	}
@@ -511,7 +521,7 @@ func (b *Backend) buildFrom(ctx context.Context, id string, msgs []*inMsg, st *l
 		if len(it.stashUsed) == maxStashPerEpisode {
 			break
 		}
-		if v, _ := view.classify(&inMsg{env: envelope{ID: s.msgID}, event: s.event}); v != accept {
+		if v, _ := view.classify(&inMsg{env: envelope{ID: s.msgID, From: s.from}, event: s.event}); v != accept {
 			// A stash row is deleted in the commit that records its id,
 			// so this is a second row for one message: consume it too.
 			it.stashUsed = append(it.stashUsed, s)
@@ -632,6 +642,9 @@ func (b *Backend) stash(ctx context.Context, id string, msgs []*inMsg) error {
 			return err
 		}
 		row["MsgID"] = m.env.ID
+		if m.env.From != "" {
+			row["From"] = m.env.From // its id must outlive re-sends, stashed or not
+		}
 		actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeInsertReplace, Entity: row.marshal()})
 		if len(actions) == 100 || i == len(msgs)-1 {
 			if err := b.submit(ctx, actions); err != nil {
