@@ -26,8 +26,9 @@ import (
 // and forward each part of Q's instances alone, visible, to Q's control
 // queue, where their owner (worker B) runs them: every instance receives
 // its events once and in the order they were given in (the parts of one
-// instance are sent alone one after the other, not side by side), the bundle message is deleted once its
-// last part is settled, and nothing is dead-lettered.
+// instance must be sent alone one after the other, not side by side), the
+// bundle message is deleted once its last part is settled, and nothing is
+// dead-lettered.
 func TestBundlePartsForAnotherOwner(t *testing.T) {
 	t.Parallel()
 	hub := testHub(t)

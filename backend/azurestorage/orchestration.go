@@ -407,7 +407,12 @@ func (b *Backend) dropPending(p int) {
 	}
 }
 
-// releaseAll returns msgs to the queue (benign releases), eight at a time.
+// releaseAll returns msgs to the queue (benign releases), eight instances
+// at a time. An instance's messages are released one after another, in
+// the order given, and none after one that failed: a message released
+// alone (a bundle's part, a carried result) is sent again, and a later one
+// must not overtake it. Those not released are no longer renewed, so they
+// come back when their locks run out (a part: its whole bundle).
 func (b *Backend) releaseAll(msgs []*inMsg, delay time.Duration) {
 	ctx, cancel := context.WithTimeout(b.bg, 30*time.Second)
 	defer cancel()
@@ -426,9 +431,12 @@ func (b *Backend) releaseAll(msgs []*inMsg, delay time.Duration) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			for _, m := range byInstance[id] {
+			ms := byInstance[id]
+			for k, m := range ms {
 				if err := b.release(ctx, m, delay, true); err != nil && !errors.Is(err, dtbackend.ErrWorkItemLockLost) {
-					b.log.Debug("azurestorage: release message", "err", err)
+					b.log.Debug("azurestorage: release message (it and the instance's later ones come back when their locks run out)", "instance", id, "err", err)
+					b.unhold(ms[k+1:]...)
+					return
 				}
 			}
 		}()
