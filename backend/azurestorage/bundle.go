@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 	"github.com/google/uuid"
 	dtbackend "github.com/microsoft/durabletask-go/backend"
 
@@ -208,17 +206,9 @@ func (b *Backend) sendBundle(ctx context.Context, d int, parts []envelope) error
 	if err != nil {
 		return fmt.Errorf("azurestorage: encode bundle: %w", err)
 	}
-	var resp azqueue.EnqueueMessagesResponse
-	err = b.storage(ctx, "enqueue", func(ctx context.Context) error {
-		var err error
-		resp, err = q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
-		return err
-	})
+	resp, err := b.put(ctx, q, body, vis)
 	if err != nil {
 		return fmt.Errorf("azurestorage: enqueue a bundle of %d events to %s: %w", len(parts), queueName(q), err)
-	}
-	if b.hooks.enqueued != nil {
-		b.hooks.enqueued(q, string(body), resp)
 	}
 	if !hand {
 		b.announce(q)

@@ -620,21 +620,7 @@ func TestCacheDuplicateMessage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const id = "dup"
-	r := task.NewTaskRegistry()
-	// Gather returns the events "e" it received, in order, until "stop".
-	r.AddOrchestratorN("Gather", func(c *task.OrchestrationContext) (any, error) {
-		got := []string{}
-		for {
-			var v string
-			if err := c.WaitForSingleEvent("e", -1).Await(&v); err != nil {
-				return nil, err
-			}
-			if v == "stop" {
-				return got, nil
-			}
-			got = append(got, v)
-		}
-	})
+	r := gatherRegistry()
 	// Blocker's first run holds the worker's only orchestration slot
 	// until released: meanwhile nothing is polled.
 	entered, release := make(chan struct{}), make(chan struct{})

@@ -164,17 +164,9 @@ func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env en
 	if err != nil {
 		return fmt.Errorf("azurestorage: encode message: %w", err)
 	}
-	var resp azqueue.EnqueueMessagesResponse
-	err = b.storage(ctx, "enqueue", func(ctx context.Context) error {
-		var err error
-		resp, err = q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
-		return err
-	})
+	resp, err := b.put(ctx, q, body, vis)
 	if err != nil {
 		return fmt.Errorf("azurestorage: enqueue to %s: %w", queueName(q), err)
-	}
-	if b.hooks.enqueued != nil {
-		b.hooks.enqueued(q, string(body), resp)
 	}
 	switch {
 	case hand:
@@ -187,6 +179,20 @@ func (b *Backend) enqueueMsg(ctx context.Context, q *azqueue.QueueClient, env en
 		}
 	}
 	return nil
+}
+
+// put enqueues body to q, invisible for vis seconds, never expiring.
+func (b *Backend) put(ctx context.Context, q *azqueue.QueueClient, body []byte, vis int32) (azqueue.EnqueueMessagesResponse, error) {
+	var resp azqueue.EnqueueMessagesResponse
+	err := b.storage(ctx, "enqueue", func(ctx context.Context) error {
+		var err error
+		resp, err = q.EnqueueMessage(ctx, string(body), &azqueue.EnqueueMessageOptions{TimeToLive: to.Ptr[int32](-1), VisibilityTimeout: &vis})
+		return err
+	})
+	if err == nil && b.hooks.enqueued != nil {
+		b.hooks.enqueued(q, string(body), resp)
+	}
+	return resp, err
 }
 
 func queueName(q *azqueue.QueueClient) string {
