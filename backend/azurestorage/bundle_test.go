@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -308,4 +310,103 @@ func TestBundleUnreadablePart(t *testing.T) {
 		t.Errorf("dead letters by kind %v, want 2 unreadable parts and 1 bundle in the work-item queue", reasons)
 	}
 	poll(t, 20*time.Second, "the control queue to drain", func() bool { return drainedAll(ctx, c) })
+}
+
+// TestBundlePartsReleasedAtClose: a worker that stops with parts of a
+// bundle still buffered (its only slot busy with another part's episode)
+// sends them alone, in order, as it closes; the next owner of the
+// partition delivers each once, and the bundle's message is deleted once
+// its last part is settled (one consumed, the others sent alone).
+func TestBundlePartsReleasedAtClose(t *testing.T) {
+	t.Parallel()
+	hub := testHub(t)
+	a, err := Open(context.Background(), Options{ConnectionString: azr.Get(t).ConnectionString(), HubName: hub, Partitions: 1,
+		MaxPollInterval: 200 * time.Millisecond, LeaseDuration: 3 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			a.Close()
+		}
+	})
+	c := openTest(t, Options{HubName: hub, Partitions: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const first, second = "r0", "r1"
+	entered, release := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	var once sync.Once
+	var secondRan, sentAlone atomic.Int32
+	a.hooks.enqueued = func(_ *azqueue.QueueClient, body string, _ azqueue.EnqueueMessagesResponse) {
+		if armed.Load() && strings.Contains(body, `"i":"`+second+`"`) && !strings.Contains(body, `"ps":`) {
+			sentAlone.Add(1)
+		}
+	}
+	a.hooks.workItem = func(wi *dtbackend.OrchestrationWorkItem) {
+		if string(wi.InstanceID) == second && armed.Load() {
+			secondRan.Add(1)
+		}
+		if string(wi.InstanceID) == first && armed.Load() {
+			once.Do(func() {
+				close(entered)
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+			})
+		}
+	}
+	stopA := startRunner(t, a, gatherRegistry(), 1)
+	startGathers(ctx, t, c, a, []string{first, second})
+	waitIdlePollers(t, a)
+	armed.Store(true)
+	events, want := rounds(t, []string{first, second}, 3)
+	if err := a.AddNewOrchestrationEvents(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the first instance's episode never started")
+	}
+	a.mu.Lock()
+	buffered := len(a.pending[second])
+	a.mu.Unlock()
+	if buffered != 3 {
+		t.Fatalf("%d of the second instance's parts buffered while the slot is busy, want 3", buffered)
+	}
+	// Stop: the blocked episode finishes, then Close sends the buffered
+	// parts alone and gives the partition up.
+	close(release)
+	stopA()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	// Close hands what is buffered back at once: sent alone, not left to
+	// come back when the bundle's lock runs out. (The runner may also have
+	// taken the second instance's episode before it stopped.)
+	if secondRan.Load() == 0 && sentAlone.Load() != 3 {
+		t.Errorf("the closing worker sent %d of %s's 3 buffered parts alone, want 3", sentAlone.Load(), second)
+	}
+	b := openTest(t, Options{HubName: hub, Partitions: 1})
+	startRunner(t, b, gatherRegistry(), 2)
+	waitReceived(ctx, t, c, want)
+	poll(t, 30*time.Second, "the queue to drain (the bundle deleted)", func() bool { return drainedAll(ctx, c) })
+	client := dtbackend.NewTaskHubClient(c)
+	for _, id := range []string{first, second} {
+		if err := client.RaiseEvent(ctx, api.InstanceID(id), "e", api.WithEventPayload("stop")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{first, second} {
+		md := awaitDone(t, ctx, c, id, 30*time.Second)
+		out, _ := json.Marshal(want[id])
+		if md.SerializedOutput != string(out) {
+			t.Errorf("%s received %s, want %s", id, md.SerializedOutput, out)
+		}
+	}
+	noDeadLetters(ctx, t, b)
 }
