@@ -68,6 +68,7 @@ type missionRun struct {
 	dispatchSeen  []bool
 	acts, actsOK  int
 	t2s, t2sSent  []time.Duration
+	t2sByPhase    map[domain.Phase][]time.Duration
 	t2sUnobserved int
 	sampled       int // missions whose status is sampled
 }
@@ -419,6 +420,10 @@ func (r *missionRun) sampleStatus(ctx context.Context, i int, samples <-chan pha
 					r.mu.Lock()
 					r.t2s = append(r.t2s, got.Sub(smp.at))
 					r.t2sSent = append(r.t2sSent, got.Sub(smp.sent))
+					if r.t2sByPhase == nil {
+						r.t2sByPhase = map[domain.Phase][]time.Duration{}
+					}
+					r.t2sByPhase[smp.phase] = append(r.t2sByPhase[smp.phase], got.Sub(smp.at))
 					r.mu.Unlock()
 					break
 				}
@@ -486,6 +491,10 @@ func (r *missionRun) result(m measured, rss RSSFigures) (*Result, error) {
 	frames, posts := int(r.frames.Load()), int(r.posts.Load())
 	r.mu.Lock()
 	acts, actsOK, t2s, t2sSent, unobserved := r.acts, r.actsOK, percentiles(r.t2s), percentiles(r.t2sSent), r.t2sUnobserved
+	byPhase := map[string]Percentiles{}
+	for p, d := range r.t2sByPhase {
+		byPhase[string(p)] = percentiles(d)
+	}
 	r.mu.Unlock()
 	r.tally.mu.Lock()
 	signals, dups := r.tally.signals, r.tally.duplicates
@@ -501,7 +510,8 @@ func (r *missionRun) result(m measured, rss RSSFigures) (*Result, error) {
 			Storage: r.s.storage, Missions: n, Failed: failed, Failures: failures,
 			FrameIntervalMs: float64(e.opts.W3FrameInterval) / float64(time.Millisecond), SpeedMps: e.opts.W3SpeedMps, Batch: e.opts.W3Batch,
 			TelemetryToStatusMs: t2s, TelemetryToStatusFromSendMs: t2sSent, TelemetryToStatusUnobserved: unobserved,
-			SampledMissions: r.sampled, StatusPollMs: float64(r.s.pollEvery) / float64(time.Millisecond),
+			TelemetryToStatusByPhaseMs: byPhase,
+			SampledMissions:            r.sampled, StatusPollMs: float64(r.s.pollEvery) / float64(time.Millisecond),
 			TickMs: percentiles(r.ticks), MaxTickMs: maxMillis(r.ticks),
 			Frames: frames, Posts: posts, Signals: signals, Duplicates: dups, Retries: int(r.s.post.retries.Load()),
 			RSS: rss,

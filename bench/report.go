@@ -277,8 +277,12 @@ type MissionFigures struct {
 	TelemetryToStatusMs         Percentiles `json:"telemetryToStatusMs"`
 	TelemetryToStatusFromSendMs Percentiles `json:"telemetryToStatusFromSendMs"`
 	TelemetryToStatusUnobserved int         `json:"telemetryToStatusUnobserved,omitempty"`
-	SampledMissions             int         `json:"sampledMissions"`
-	StatusPollMs                float64     `json:"statusPollMs"`
+	// TelemetryToStatusByPhaseMs is TelemetryToStatusMs for each phase the
+	// frames moved a mission to (the first, PickedUp, comes while the
+	// starts of every mission are still being worked through).
+	TelemetryToStatusByPhaseMs map[string]Percentiles `json:"telemetryToStatusByPhaseMs,omitempty"`
+	SampledMissions            int                    `json:"sampledMissions"`
+	StatusPollMs               float64                `json:"statusPollMs"`
 	// TickMs is the time from one tick's start to the next's while drones
 	// fly: FrameInterval when the worker takes a tick's posts in time,
 	// longer when it does not (a drone then reports less often than once

@@ -3,11 +3,14 @@ package bench
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/dronehub/dronehub/domain"
 )
 
 // settingsLine describes the sizes of the workloads that ran.
@@ -75,6 +78,7 @@ func (r *Report) writeSimTables(w io.Writer) error {
 		}
 		writeKinds(w, missions, "storage requests per mission by kind (the worker's backend only)",
 			func(k KindRequests) float64 { return k.PerOrchestration })
+		writeStatusByPhase(w, missions)
 		fmt.Fprintf(w, "\nw3: P50, P99: a mission's StartMission call to the turn that completed it. STATUS P50, P99: a frame that\n"+
 			"moves a mission to its next phase, from its post's answer to a status poll showing that phase; FROM SEND: from\n"+
 			"the post's sending. TICK: one tick's start to the next (the frame interval while the worker keeps up). RETRIES:\n"+
@@ -166,4 +170,35 @@ func mib(b int64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20))
+}
+
+// writeStatusByPhase lists STATUS P50/P99 for each phase a frame moved a
+// sampled mission to, in the order missions go through them.
+func writeStatusByPhase(w io.Writer, rs []Result) {
+	var lines []string
+	for _, res := range rs {
+		by := res.Missions.TelemetryToStatusByPhaseMs
+		if len(by) == 0 {
+			continue
+		}
+		phases := slices.Collect(maps.Keys(by))
+		slices.SortFunc(phases, func(a, b string) int {
+			switch {
+			case domain.Phase(a).Before(domain.Phase(b)):
+				return -1
+			case domain.Phase(b).Before(domain.Phase(a)):
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
+		var parts []string
+		for _, p := range phases {
+			pc := by[p]
+			parts = append(parts, fmt.Sprintf("%s %s/%s", p, millis(pc.P50), millis(pc.P99)))
+		}
+		lines = append(lines, fmt.Sprintf("  %s %s: %s", res.Engine, res.Workload, strings.Join(parts, ", ")))
+	}
+	if len(lines) > 0 {
+		fmt.Fprintf(w, "\nstatus p50/p99 by the phase the frame moved the mission to:\n%s\n", strings.Join(lines, "\n"))
+	}
 }
