@@ -60,10 +60,12 @@ import (
 
 // bundle is the state of a bundle message shared by its parts.
 type bundle struct {
-	mu        sync.Mutex
-	parts     []*inMsg
-	left      int
-	abandoned bool // a part could not be settled: the message must come back whole
+	mu    sync.Mutex
+	parts []*inMsg
+	// left counts the parts not yet settled. A part that can be neither
+	// sent alone nor dead-lettered is never settled, so its bundle is
+	// never deleted here and comes back whole (abandon).
+	left int
 }
 
 // bundleBudget is the most bytes of parts a bundle carries, below the
@@ -230,18 +232,21 @@ func (b *Backend) sendBundle(ctx context.Context, d int, parts []envelope) error
 	return nil
 }
 
+// badPart is a part to dead-letter, and why.
+type badPart struct {
+	m   *inMsg
+	why string
+}
+
 // unbundle makes the parts of bundle message m, carried by it. Parts that
 // cannot be read are returned in bad, settled by whoever dead-letters them.
-func (b *Backend) unbundle(m *inMsg) (parts, bad []*inMsg) {
+func (b *Backend) unbundle(m *inMsg) (parts []*inMsg, bad []badPart) {
 	bs := &bundle{left: len(m.env.Parts)}
 	m.bundle = bs
 	for i, pe := range m.env.Parts {
 		p := &inMsg{msgID: m.msgID + "." + strconv.Itoa(i), env: pe, carrier: m,
 			dequeueCount: m.dequeueCount, inserted: m.inserted, partition: -1, queue: m.queue}
 		p.env.Benign, p.env.Hand = m.env.Benign, 0
-		if body, err := json.Marshal(p.env); err == nil {
-			p.content = string(body)
-		}
 		bs.parts = append(bs.parts, p)
 		err := partError(pe)
 		if err == nil {
@@ -252,8 +257,7 @@ func (b *Backend) unbundle(m *inMsg) (parts, bad []*inMsg) {
 			}
 		}
 		if err != nil {
-			p.failed = fmt.Sprintf("unreadable bundle part %d: %v", i, err)
-			bad = append(bad, p)
+			bad = append(bad, badPart{p, fmt.Sprintf("unreadable bundle part %d: %v", i, err)})
 			continue
 		}
 		parts = append(parts, p)
@@ -272,16 +276,17 @@ func (b *Backend) receiveBundle(ctx context.Context, m *inMsg) []*inMsg {
 	parts, bad := b.unbundle(m)
 	b.hold(m) // before any part settles: the last one deletes it
 	if failed := m.failures(); failed >= int64(b.opts.MaxDequeueCount) {
+		why := fmt.Sprintf("%d deliveries failed (MaxDequeueCount %d): its worker died or stalled holding it", failed, b.opts.MaxDequeueCount)
 		for _, p := range parts {
-			p.failed = fmt.Sprintf("%d deliveries failed (MaxDequeueCount %d): its worker died or stalled holding it", failed, b.opts.MaxDequeueCount)
+			bad = append(bad, badPart{p, why})
 		}
-		bad, parts = append(bad, parts...), nil
+		parts = nil
 	}
-	for _, p := range bad {
-		b.poison(ctx, p, p.failed, p.failures())
-		p.lk.Lock()
-		gone := p.gone
-		p.lk.Unlock()
+	for _, bp := range bad {
+		b.poison(ctx, bp.m, bp.why, bp.m.failures())
+		bp.m.lk.Lock()
+		gone := bp.m.gone
+		bp.m.lk.Unlock()
 		if !gone {
 			// Not dead-lettered (storage failed): the bundle comes back
 			// whole for another try.
@@ -316,7 +321,7 @@ func (b *Backend) settle(ctx context.Context, m *inMsg, consumed bool) error {
 	bs.mu.Lock()
 	m.consumed = consumed
 	bs.left--
-	last := bs.left == 0 && !bs.abandoned
+	last := bs.left == 0
 	bs.mu.Unlock()
 	if !last {
 		return nil
@@ -336,13 +341,16 @@ func (b *Backend) settle(ctx context.Context, m *inMsg, consumed bool) error {
 	return nil
 }
 
-// abandon gives bundle message bm up without deleting it: its lock is no
-// longer renewed, so it comes back whole (its consumed parts as copies).
-func (b *Backend) abandon(bm *inMsg) {
-	bm.bundle.mu.Lock()
-	bm.bundle.abandoned = true
-	bm.bundle.mu.Unlock()
-	b.unhold(bm)
+// abandon gives bundle message bm up without deleting it, for a part that
+// stays unsettled: its lock is no longer renewed, so it comes back whole
+// (its consumed parts as copies).
+func (b *Backend) abandon(bm *inMsg) { b.unhold(bm) }
+
+// partContent is the text of part m as a message of its own, for a dead
+// letter (a replay sends it alone).
+func partContent(m *inMsg) string {
+	body, _ := json.Marshal(m.env)
+	return string(body)
 }
 
 // queueMessages counts the queue messages msgs came in: a bundle's parts

@@ -61,6 +61,9 @@ var ErrDeadLetterNotFound = taskhub.ErrDeadLetterNotFound
 // exec names the execution it was sent to, if known, so that a replay can
 // tell whether it still can reach it.
 func (b *Backend) deadLetter(ctx context.Context, m *inMsg, reason string, failed int64, exec string) error {
+	if m.isPart() && m.content == "" {
+		m.content = partContent(m)
+	}
 	_ = b.decode(ctx, m) // best effort: describe the event if we can
 	rk := fmt.Sprintf("%020d-%s", time.Now().UnixNano(), m.msgID)
 	e := newEntity(deadPK, rk)

@@ -229,9 +229,8 @@ type inMsg struct {
 	// bundle is set on a bundle's own message, the carrier of its parts.
 	bundle *bundle
 	// consumed marks a bundle's part whose episode committed it (guarded
-	// by its bundle's mu); failed says why a part cannot be read.
+	// by its bundle's mu).
 	consumed bool
-	failed   string
 
 	// lockNs is when the current lock began (dequeue or renewal), unix
 	// nanoseconds. Atomic, not under lk: lk is held across storage calls,

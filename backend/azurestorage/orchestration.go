@@ -580,10 +580,7 @@ func (b *Backend) buildFrom(ctx context.Context, id string, msgs []*inMsg, st *l
 		// (unstarted.go).
 		done, err := b.settleUnstarted(ctx, id, it, stashEvents, events)
 		switch {
-		case done:
-			b.finish(id)
-			return nil, nil
-		case errors.Is(err, errSimulatedCrash):
+		case done, errors.Is(err, errSimulatedCrash):
 			b.finish(id)
 			return nil, nil
 		case errors.Is(err, dtbackend.ErrWorkItemLockLost):
