@@ -121,15 +121,17 @@ func (b *Backend) CompleteOrchestrationWorkItem(ctx context.Context, wi *dtbacke
 		it.crashed = true
 		return errSimulatedCrash
 	}
-	err := b.complete(ctx, id, wi, it)
+	err := b.complete(ctx, id, wi.State, it)
 	if err != nil {
 		it.completeFailed = true
 	}
 	return err
 }
 
-func (b *Backend) complete(ctx context.Context, id string, wi *dtbackend.OrchestrationWorkItem, it *orchItem) error {
-	plan, err := b.planCommit(ctx, id, wi.State, it)
+// complete commits state, the episode it of instance id decided, and runs
+// the steps after the commit.
+func (b *Backend) complete(ctx context.Context, id string, state *dtbackend.OrchestrationRuntimeState, it *orchItem) error {
+	plan, err := b.planCommit(ctx, id, state, it)
 	if err != nil {
 		b.deleteBlobs(ctx, plan.newBlobs)
 		return err

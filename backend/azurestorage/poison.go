@@ -179,15 +179,23 @@ func (b *Backend) failInstance(ctx context.Context, id string, fd *dtbackend.Tas
 // that was created but never ran, its name and input read from their
 // blobs when they are large.
 func (b *Backend) startFromSentinel(ctx context.Context, e entity) (*dtbackend.HistoryEvent, error) {
-	name, err := b.getLarge(ctx, e, "Name")
+	name, input, err := b.nameAndInput(ctx, e)
 	if err != nil {
-		return nil, fmt.Errorf("azurestorage: the name of %s: %w", e.str("InstanceID"), err)
-	}
-	input, err := b.getLarge(ctx, e, "Input")
-	if err != nil {
-		return nil, fmt.Errorf("azurestorage: the input of %s: %w", e.str("InstanceID"), err)
+		return nil, err
 	}
 	return taskhub.NewExecutionStartedEvent(api.InstanceID(e.str("InstanceID")), e.str("ExecutionID"), name, input, parseTime(e.str("CreatedTime"))), nil
+}
+
+// nameAndInput reads the orchestrator name and input status row e
+// records, from their blobs when they are large.
+func (b *Backend) nameAndInput(ctx context.Context, e entity) (name, input string, err error) {
+	if name, err = b.getLarge(ctx, e, "Name"); err != nil {
+		return "", "", fmt.Errorf("azurestorage: the name of %s: %w", e.str("InstanceID"), err)
+	}
+	if input, err = b.getLarge(ctx, e, "Input"); err != nil {
+		return "", "", fmt.Errorf("azurestorage: the input of %s: %w", e.str("InstanceID"), err)
+	}
+	return name, input, nil
 }
 
 // staleDeadLetter reports why a dead letter can no longer reach the

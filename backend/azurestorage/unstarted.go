@@ -2,7 +2,6 @@ package azurestorage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -149,11 +148,7 @@ func (b *Backend) recordedStart(ctx context.Context, e entity) (*dtbackend.Histo
 	if es == nil || es.GetOrchestrationInstance().GetExecutionId().GetValue() != e.str("ExecutionID") {
 		return nil, nil
 	}
-	name, err := b.getLarge(ctx, e, "Name")
-	if err != nil {
-		return nil, err
-	}
-	input, err := b.getLarge(ctx, e, "Input")
+	name, input, err := b.nameAndInput(ctx, e)
 	if err != nil {
 		return nil, err
 	}
@@ -247,18 +242,9 @@ func (b *Backend) settleUnstarted(ctx context.Context, id string, it *orchItem, 
 		b.unhold(it.msgs...) // a dead worker renews nothing
 		return false, errSimulatedCrash
 	}
-	plan, err := b.planCommit(ctx, id, state, it)
-	if err != nil {
-		b.deleteBlobs(ctx, plan.newBlobs)
-		return false, err
-	}
-	if err := b.submitCommit(ctx, id, plan, st); err != nil {
-		if !errors.Is(err, errCommitUnknown) {
-			b.deleteBlobs(ctx, plan.newBlobs)
-		}
+	if err := b.complete(ctx, id, state, it); err != nil {
 		return false, err
 	}
 	b.log.Info("azurestorage: terminated an instance before it started", "instance", id)
-	b.finishEpisode(ctx, id, it, plan)
 	return true, nil
 }
