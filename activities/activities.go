@@ -399,8 +399,7 @@ func (a *Activities) ReleaseDrone(ctx context.Context, m MissionRef) (struct{}, 
 func (a *Activities) free(ctx context.Context, m MissionRef) error {
 	_, err := a.store.UpdateDrone(ctx, m.DroneID, func(d *fleet.Drone) error {
 		if d.MissionID == m.MissionID {
-			d.MissionID, d.Route, d.RoutePhase, d.MissionTrace = "", nil, "", ""
-			d.DispatchedAt, d.Deadline, d.Delivered = time.Time{}, time.Time{}, false
+			d.ClearMission()
 		}
 		return nil
 	})

@@ -205,9 +205,10 @@ type droneOutcome struct {
 	signals   []domain.Signal
 	key       string // the signal key after the frames
 	missionID string
-	// trace is the mission's trace (fleet.Drone.MissionTrace), when
-	// tracing is on and the drone's dispatch was traced.
-	trace trace.SpanContext
+	// trace is the mission's traceparent (fleet.Drone.MissionTrace), when
+	// tracing is on and the drone's dispatch was traced; parsed only for
+	// the drones whose signals are raised (link).
+	trace string
 }
 
 // ingestDrones applies each drone's frames in one update of all the
@@ -349,11 +350,11 @@ func (in *Ingestor) raiseAll(ctx context.Context, ids []string, outcomes map[str
 
 // link links the batch's span to the trace of the mission o signalled.
 func (in *Ingestor) link(ctx context.Context, id string, o droneOutcome) {
-	if o.trace.IsValid() {
+	if sc := spanContextOf(o.trace); sc.IsValid() {
 		// The batch advanced the mission: link its span to the mission's
 		// trace, which lives on in other spans (a signal event carries no
 		// trace context in durabletask-go).
-		trace.SpanFromContext(ctx).AddLink(trace.Link{SpanContext: o.trace, Attributes: []attribute.KeyValue{
+		trace.SpanFromContext(ctx).AddLink(trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{
 			attribute.String("dronehub.mission.id", o.missionID), attribute.String("dronehub.drone.id", id),
 			attribute.Int("dronehub.telemetry.signals", len(o.signals)),
 		}})
@@ -365,8 +366,8 @@ func (in *Ingestor) link(ctx context.Context, id string, o droneOutcome) {
 func (in *Ingestor) apply(d *fleet.Drone, frames []domain.DecodedFrame, idx []int, out []FrameVerdict, now time.Time) droneOutcome {
 	o := droneOutcome{key: d.LastSignalKey, missionID: d.MissionID}
 	bound := d.MissionID != "" && d.Route != nil
-	if bound && in.opts.Tracer != nil && d.MissionTrace != "" {
-		o.trace = spanContextOf(d.MissionTrace)
+	if bound && in.opts.Tracer != nil {
+		o.trace = d.MissionTrace
 	}
 	for _, i := range idx {
 		v, reason := d.Tracked.Apply(frames[i].Frame)

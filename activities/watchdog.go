@@ -491,8 +491,7 @@ func (w *Watchdog) freeIfEnded(ctx context.Context, droneID, missionID string) b
 		if cur.MissionID != missionID {
 			return errNotClaimed
 		}
-		cur.MissionID, cur.Route, cur.RoutePhase = "", nil, ""
-		cur.DispatchedAt, cur.Deadline, cur.Delivered = time.Time{}, time.Time{}, false
+		cur.ClearMission()
 		return nil
 	})
 	if err == nil {

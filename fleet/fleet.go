@@ -161,6 +161,14 @@ type Watch struct {
 }
 
 // Watch returns the drone's Watch.
+// ClearMission unbinds d from its mission: every field that describes the
+// mission it flies goes, in one place, so that a field added later is
+// cleared by every path that frees a drone.
+func (d *Drone) ClearMission() {
+	d.MissionID, d.Route, d.RoutePhase, d.MissionTrace = "", nil, "", ""
+	d.DispatchedAt, d.Deadline, d.Delivered = time.Time{}, time.Time{}, false
+}
+
 func (d Drone) Watch() Watch {
 	return Watch{
 		ID: d.ID, MissionID: d.MissionID, Dispatched: d.MissionID != "" && d.Route != nil,

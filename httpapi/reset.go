@@ -78,8 +78,7 @@ func resetDrone(d *fleet.Drone, now time.Time) {
 		st.Boot, st.Epoch, st.Seq, st.Timestamp = old.Boot, old.Epoch, old.Seq, old.Timestamp
 	}
 	d.Tracked.State = st
-	d.Route, d.RoutePhase, d.MissionTrace = nil, "", ""
-	d.DispatchedAt, d.Deadline, d.Delivered = time.Time{}, time.Time{}, false
+	d.ClearMission() // a drone on a mission is refused before this
 	d.LastSignalKey, d.LastSignalAt, d.SignalPending = "", time.Time{}, false
 	d.LastAlarmAt = time.Time{}
 }

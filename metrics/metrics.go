@@ -86,6 +86,7 @@ type Metrics struct {
 	queueWait     *prometheus.HistogramVec
 
 	frames         *prometheus.CounterVec
+	framesBy       [4]prometheus.Counter // accepted, duplicate, stale, rejected
 	ingestDuration prometheus.Histogram
 	signals        prometheus.Counter
 }
@@ -205,8 +206,8 @@ func (m *Metrics) define() {
 		Namespace: Namespace, Name: "telemetry_frames_total",
 		Help: "Telemetry frames ingested (HTTP, Go, or the telemetry queue), by verdict.",
 	}, []string{"verdict"})
-	for _, v := range []string{"accepted", "duplicate", "stale", "rejected"} {
-		m.frames.WithLabelValues(v)
+	for i, v := range []string{"accepted", "duplicate", "stale", "rejected"} {
+		m.framesBy[i] = m.frames.WithLabelValues(v)
 	}
 	m.ingestDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: Namespace, Name: "telemetry_ingest_duration_seconds",
@@ -316,9 +317,9 @@ func (m *Metrics) ObserveIngest(b Batch) {
 	if m == nil {
 		return
 	}
-	for v, n := range map[string]int{"accepted": b.Accepted, "duplicate": b.Duplicates, "stale": b.Stale, "rejected": b.Rejected} {
+	for i, n := range [4]int{b.Accepted, b.Duplicates, b.Stale, b.Rejected} {
 		if n > 0 {
-			m.frames.WithLabelValues(v).Add(float64(n))
+			m.framesBy[i].Add(float64(n))
 		}
 	}
 	if b.Signals > 0 {

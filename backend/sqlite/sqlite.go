@@ -635,19 +635,7 @@ func deleteInstance(ctx context.Context, tx *stx, id api.InstanceID) error {
 // for an instance whose start lies ahead wait for the start, except a
 // terminate, which acts at once.
 func (b *Backend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *dtbackend.HistoryEvent) error {
-	if e == nil || e.Timestamp == nil {
-		return errors.New("sqlite: an event with a timestamp is required")
-	}
-	payload, err := dtbackend.MarshalHistoryEvent(e)
-	if err != nil {
-		return err
-	}
-	err = b.writeDurable(ctx, func(tx *stx) error { return addEvent(ctx, tx, string(id), "", e, payload) })
-	if err != nil {
-		return fmt.Errorf("sqlite: add event for %s: %w", id, err)
-	}
-	b.orchWake.Notify()
-	return nil
+	return b.AddNewOrchestrationEvents(ctx, []taskhub.RaisedEvent{{Instance: id, Event: e}})
 }
 
 // AddNewOrchestrationEvents implements taskhub.EventRaiser: every event in
