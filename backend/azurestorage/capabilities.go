@@ -78,13 +78,9 @@ func (b *Backend) HubInfo(ctx context.Context) (taskhub.HubInfo, error) {
 		}
 		now := time.Now()
 		for _, e := range rows {
-			if e.str("PartitionKey") == workerPK && parseTime(e.str("Expires")).After(now) {
-				id := e.str("WorkerID")
-				if id == "" {
-					id = e.str("RowKey")
-				}
+			if liveHeartbeat(e, now) {
 				mu.Lock()
-				info.Workers[id] = taskhub.WorkerInfo{Host: e.str("Host"), HTTPAddr: e.str("HTTP")}
+				info.Workers[heartbeatID(e)] = taskhub.WorkerInfo{Host: e.str("Host"), HTTPAddr: e.str("HTTP")}
 				mu.Unlock()
 				continue
 			}

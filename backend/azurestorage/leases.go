@@ -347,7 +347,7 @@ func (lm *leaseManager) measure(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			depth, lag, err := b.queueLoad(ctx, p)
+			depth, lag, err := queueLoadOf(ctx, b.control[p])
 			if err != nil {
 				return
 			}
@@ -359,12 +359,6 @@ func (lm *leaseManager) measure(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
-}
-
-// queueLoad measures control queue p: its approximate depth and the age of
-// its oldest visible message (0 if none).
-func (b *Backend) queueLoad(ctx context.Context, p int) (int64, time.Duration, error) {
-	return queueLoadOf(ctx, b.control[p])
 }
 
 // round runs one lease round (see the leaseManager comment). soon asks for
@@ -410,10 +404,7 @@ func (lm *leaseManager) round(ctx context.Context) (soon bool, err error) {
 		case workerPK:
 			switch exp := parseTime(e.str("Expires")); {
 			case exp.After(now):
-				id := e.str("WorkerID")
-				if id == "" {
-					id = e.str("RowKey")
-				}
+				id := heartbeatID(e)
 				live[id] = true
 			case exp.Before(now.Add(-heartbeatRetention)) && len(dead) < 4:
 				dead = append(dead, e)
@@ -1004,11 +995,7 @@ func (b *Backend) Leases(ctx context.Context) ([]LeaseRow, []WorkerHeartbeat, er
 				Depth: e.int64("Depth"), LagMs: e.int64("LagMs"),
 			})
 		case workerPK:
-			id := e.str("WorkerID")
-			if id == "" {
-				id = e.str("RowKey")
-			}
-			hbs = append(hbs, WorkerHeartbeat{WorkerID: id, Expires: parseTime(e.str("Expires")), Host: e.str("Host"), HTTP: e.str("HTTP")})
+			hbs = append(hbs, WorkerHeartbeat{WorkerID: heartbeatID(e), Expires: parseTime(e.str("Expires")), Host: e.str("Host"), HTTP: e.str("HTTP")})
 		}
 	}
 	sort.Slice(leases, func(i, j int) bool { return leases[i].Partition < leases[j].Partition })
@@ -1078,4 +1065,19 @@ func (lm *leaseManager) localView() string {
 		return "none"
 	}
 	return strings.Join(parts, " ")
+}
+
+// heartbeatID is the worker id of heartbeat row e (older rows name it only
+// in their RowKey).
+func heartbeatID(e entity) string {
+	if id := e.str("WorkerID"); id != "" {
+		return id
+	}
+	return e.str("RowKey")
+}
+
+// liveHeartbeat reports whether e is a worker's heartbeat that has not
+// expired at now.
+func liveHeartbeat(e entity, now time.Time) bool {
+	return e.str("PartitionKey") == workerPK && parseTime(e.str("Expires")).After(now)
 }

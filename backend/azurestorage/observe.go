@@ -44,23 +44,35 @@ func (b *Backend) LeaseStats() taskhub.LeaseStats {
 // control queue and the age of its oldest visible message, measured
 // concurrently (one request per partition, two when it is not empty).
 func (b *Backend) PartitionLoads(ctx context.Context) ([]taskhub.PartitionLoad, error) {
-	out := make([]taskhub.PartitionLoad, b.names.partitions)
+	loads, err := b.controlLoads(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]taskhub.PartitionLoad, len(loads))
+	for p, l := range loads {
+		out[p] = taskhub.PartitionLoad{Partition: p, Messages: l.Messages, OldestAge: l.OldestAge}
+	}
+	return out, nil
+}
+
+// controlLoads measures every control queue concurrently: its depth and
+// the age of its oldest visible message (one request per queue, two when
+// it is not empty).
+func (b *Backend) controlLoads(ctx context.Context) ([]taskhub.QueueLoad, error) {
+	out := make([]taskhub.QueueLoad, b.names.partitions)
 	errs := make([]error, b.names.partitions)
 	var wg sync.WaitGroup
 	for p := range out {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, age, err := b.queueLoad(ctx, p)
-			out[p] = taskhub.PartitionLoad{Partition: p, Messages: n, OldestAge: age}
+			n, age, err := queueLoadOf(ctx, b.control[p])
+			out[p] = taskhub.QueueLoad{Messages: n, OldestAge: age}
 			errs[p] = err
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // RequestCountsByStatus implements taskhub.StatusCounter.

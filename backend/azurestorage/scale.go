@@ -67,13 +67,11 @@ func (b *Backend) ScaleSample(ctx context.Context) (taskhub.ScaleSample, error) 
 			}
 		}()
 	}
-	for p := range s.Control {
-		run(func() error {
-			n, age, err := queueLoadOf(ctx, b.control[p])
-			s.Control[p] = taskhub.QueueLoad{Messages: n, OldestAge: age}
-			return err
-		})
-	}
+	run(func() error {
+		loads, err := b.controlLoads(ctx)
+		copy(s.Control, loads)
+		return err
+	})
 	run(func() error {
 		n, age, err := queueLoadOf(ctx, b.work)
 		s.WorkItems = taskhub.QueueLoad{Messages: n, OldestAge: age}
@@ -92,7 +90,7 @@ func (b *Backend) ScaleSample(ctx context.Context) (taskhub.ScaleSample, error) 
 		now := time.Now()
 		live := 0
 		for _, e := range rows {
-			if e.str("PartitionKey") == workerPK && parseTime(e.str("Expires")).After(now) {
+			if liveHeartbeat(e, now) {
 				live++
 				c, w := publishedWaits(e)
 				for p, d := range c {

@@ -282,12 +282,8 @@ func viewOf(rows []entity, partitions int, now time.Time) (map[int]string, map[s
 	for _, e := range rows {
 		switch e.str("PartitionKey") {
 		case workerPK:
-			if parseTime(e.str("Expires")).After(now) {
-				id := e.str("WorkerID")
-				if id == "" {
-					id = e.str("RowKey")
-				}
-				peers[id] = e.str("Wake")
+			if liveHeartbeat(e, now) {
+				peers[heartbeatID(e)] = e.str("Wake")
 			}
 		case leasePK:
 			if p, ok := leasePartition(e.str("RowKey")); ok && p < partitions && parseTime(e.str("Expires")).After(now) {
