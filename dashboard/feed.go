@@ -689,10 +689,9 @@ func (f *feed) applyLocked(r reading) {
 	if r.hub != nil {
 		r.hub.Feed = f.stats
 		r.hub.Feed.Clients, r.hub.Feed.Polling = len(f.subs), true
+		// Always news: it carries its read time and the feed's counters.
 		raw := mustJSON(r.hub)
-		if !bytes.Equal(raw, f.st.hub) {
-			c.hub = raw
-		}
+		c.hub = raw
 		f.st.hub, f.st.hubAt = raw, r.now
 		f.st.loaded |= topicHub
 	} else if r.hubErr != nil {
@@ -821,12 +820,9 @@ func (f *feed) problemText(err error) string {
 	return httpapi.ErrStorageUnavailable.Error() + ": see the worker log"
 }
 
+// ended reports whether runtimeStatus is one of endedStatuses.
 func ended(runtimeStatus string) bool {
-	switch runtimeStatus {
-	case "Completed", "Failed", "Terminated", "Canceled":
-		return true
-	}
-	return false
+	return runtimeStatus != "" && strings.Contains(","+endedStatuses+",", ","+runtimeStatus+",")
 }
 
 func mustJSON(v any) json.RawMessage {

@@ -350,13 +350,11 @@ func (m *Monitor) add(smp sample) Status {
 		Partitions: len(s.Control), WorkItemQueueDepth: int(s.WorkItems.Messages),
 		OldestWorkItemAgeSeconds: s.WorkItems.OldestAge.Seconds(), IdleSeconds: idleFor.Seconds(), CurrentWorkers: s.Workers,
 	}
-	var oldest time.Duration
 	for _, q := range s.Control {
 		st.ControlQueueDepth += int(q.Messages)
-		oldest = max(oldest, q.OldestAge)
 	}
-	st.OldestControlMessageAgeSeconds = oldest.Seconds()
-	if m.sampler == nil && !m.single {
+	st.OldestControlMessageAgeSeconds = oldestControl(s).Seconds()
+	if m.unsampled() {
 		st.Partitions = 0
 	}
 	return st
@@ -370,7 +368,7 @@ func (m *Monitor) decide(h []sample, idleFor time.Duration) (int, Rule, string) 
 	last := h[len(h)-1]
 	s := last.s
 	w := s.Workers
-	if m.sampler == nil && !m.single {
+	if m.unsampled() {
 		return 1, RuleUnsampled, "the task hub's backend cannot be sampled: one worker"
 	}
 	if last.idle {
@@ -468,15 +466,16 @@ func (m *Monitor) decide(h []sample, idleFor time.Duration) (int, Rule, string) 
 // describeWork says what keeps a hub busy, for the first-worker reason.
 func describeWork(x sample) string {
 	s := x.s
-	var control int64
-	for _, q := range s.Control {
-		control += q.Messages
-	}
-	if control+s.WorkItems.Messages+s.Other == 0 {
+	if queued(s) == 0 {
 		return "a drone is on a mission"
 	}
+	control := queued(s) - s.WorkItems.Messages - s.Other
 	return fmt.Sprintf("%d control, %d work-item and %d other messages queued", control, s.WorkItems.Messages, s.Other)
 }
+
+// unsampled reports whether the monitor has neither a sampler nor a
+// single-process backend to measure: it can only recommend one worker.
+func (m *Monitor) unsampled() bool { return m.sampler == nil && !m.single }
 
 func oldestControl(s taskhub.ScaleSample) time.Duration {
 	var d time.Duration
