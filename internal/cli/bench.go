@@ -328,12 +328,12 @@ func commaList(flagName, value string, known []string) ([]string, error) {
 type benchProgress struct {
 	w       io.Writer
 	tty     bool
-	drawn   bool
+	line    *statusLine
 	lastTTY time.Time
 }
 
 func newBenchProgress(w io.Writer) *benchProgress {
-	return &benchProgress{w: w, tty: isTerminal(w)}
+	return &benchProgress{w: w, tty: isTerminal(w), line: newStatusLine(w)}
 }
 
 func (p *benchProgress) update(pr bench.Progress) {
@@ -375,22 +375,17 @@ func (p *benchProgress) update(pr bench.Progress) {
 		if unit == "" {
 			unit = "orchestrations"
 		}
-		what = fmt.Sprintf("%s %s %d/%d %s", bar(fraction(pr.Done, pr.Total), 20), pr.Workload, pr.Done, pr.Total, unit)
+		run := ""
 		if pr.Runs > 1 {
-			what = fmt.Sprintf("%s %s run %d/%d %d/%d %s", bar(fraction(pr.Done, pr.Total), 20), pr.Workload, pr.Run, pr.Runs, pr.Done, pr.Total, unit)
+			run = fmt.Sprintf(" run %d/%d", pr.Run, pr.Runs)
 		}
+		what = fmt.Sprintf("%s %s%s %d/%d %s", bar(fraction(pr.Done, pr.Total), 20), pr.Workload, run, pr.Done, pr.Total, unit)
 	}
-	fmt.Fprintf(p.w, "\r\033[K%s: %s, %.0fs", pr.Engine, what, pr.Elapsed.Seconds())
-	p.drawn = true
+	p.line.Draw(fmt.Sprintf("%s: %s, %.0fs", pr.Engine, what, pr.Elapsed.Seconds()))
 }
 
 // clear erases the progress line.
-func (p *benchProgress) clear() {
-	if p.drawn {
-		fmt.Fprint(p.w, "\r\033[K")
-		p.drawn = false
-	}
-}
+func (p *benchProgress) clear() { p.line.Clear() }
 
 // isTerminal reports whether w is a terminal (a character device).
 func isTerminal(w io.Writer) bool {

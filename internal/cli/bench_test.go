@@ -106,7 +106,7 @@ func TestBenchAzureNeedsStorage(t *testing.T) {
 func TestBenchProgressOnTerminalIsOneLine(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
-	p := &benchProgress{w: &buf, tty: true}
+	p := &benchProgress{w: &buf, tty: true, line: newStatusLine(&buf)}
 	p.update(bench.Progress{Engine: bench.DronehubSQLite})
 	time.Sleep(110 * time.Millisecond)
 	p.update(bench.Progress{Engine: bench.DronehubSQLite, Workload: bench.W1, Done: 3, Total: 10, Elapsed: time.Second})
@@ -116,7 +116,7 @@ func TestBenchProgressOnTerminalIsOneLine(t *testing.T) {
 		t.Errorf("terminal progress %q: want one line rewritten in place, then erased", s)
 	}
 	buf.Reset()
-	p = &benchProgress{w: &buf}
+	p = &benchProgress{w: &buf, line: newStatusLine(&buf)}
 	p.update(bench.Progress{Engine: bench.DronehubSQLite, Workload: bench.W1, Done: 3, Total: 10})
 	p.update(bench.Progress{Engine: bench.DronehubSQLite, Workload: bench.W1, Done: 10, Total: 10,
 		Result: &bench.Result{Engine: bench.DronehubSQLite, Workload: bench.W1, Orchestrations: 10, ActivitiesPerOrchestration: 5, Seconds: 0.25, ActivitiesPerSecond: 200}})
@@ -200,13 +200,13 @@ func TestBenchFlagsToOptions(t *testing.T) {
 func TestBenchProgressShowsRepetitionsAndCeiling(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
-	p := &benchProgress{w: &buf, tty: true}
+	p := &benchProgress{w: &buf, tty: true, line: newStatusLine(&buf)}
 	p.update(bench.Progress{Engine: bench.DronehubAzure, Workload: bench.W1, Done: 3, Total: 10, Run: 2, Runs: 3})
 	if !strings.Contains(buf.String(), "w1 run 2/3 3/10 orchestrations") {
 		t.Errorf("terminal progress %q does not show the run", buf.String())
 	}
 	buf.Reset()
-	p = &benchProgress{w: &buf}
+	p = &benchProgress{w: &buf, line: newStatusLine(&buf)}
 	p.update(bench.Progress{Engine: bench.DronehubAzure, Workload: bench.W1, Result: &bench.Result{
 		Engine: bench.DronehubAzure, Workload: bench.W1, Orchestrations: 10, ActivitiesPerOrchestration: 5, Seconds: 0.25, ActivitiesPerSecond: 200,
 		Repetitions: &bench.Repetitions{Seconds: []float64{0.3, 0.25, 0.2}, Median: 2, SlowestToMedian: 1.2},

@@ -55,15 +55,7 @@ func (s *statusLine) Draw(text string) {
 
 // Println prints a line of its own above the status line.
 func (s *statusLine) Println(line string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.drawn {
-		fmt.Fprint(s.w, "\r\033[K")
-	}
-	fmt.Fprintln(s.w, line)
-	if s.drawn {
-		fmt.Fprint(s.w, s.text)
-	}
+	s.Above(func() { fmt.Fprintln(s.w, line) })
 }
 
 // Above runs print, which writes lines to another writer on the same
