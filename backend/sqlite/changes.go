@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 
@@ -28,7 +27,7 @@ func (b *Backend) InstancesChangedSince(ctx context.Context, since time.Time, li
 	// Go's "2006-01-02 15:04:05.999999999-07:00" in UTC: each sorts at or
 	// after the whole second it lies in, written without a fraction.
 	from := since.UTC().Truncate(time.Second).Format("2006-01-02 15:04:05")
-	rows, err := b.rdb.QueryContext(ctx, `SELECT InstanceID, Name, RuntimeStatus, CAST(CreatedTime AS TEXT), LastUpdatedTime, Input, Output, CustomStatus, FailureDetails
+	rows, err := b.rdb.QueryContext(ctx, `SELECT `+instanceColumns+`
 		FROM Instances WHERE CAST(LastUpdatedTime AS TEXT) >= ? LIMIT ?`, from, limit+1)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("sqlite: list changed instances: %w", err)
@@ -39,19 +38,9 @@ func (b *Backend) InstancesChangedSince(ctx context.Context, since time.Time, li
 		if len(out) == limit {
 			return nil, time.Time{}, fmt.Errorf("sqlite: list changed instances since %s: %w", from, taskhub.ErrTooManyChanges)
 		}
-		var (
-			id, name, status, created string
-			updated                   time.Time
-			input, output, custom     sql.NullString
-			failure                   []byte
-		)
-		if err := rows.Scan(&id, &name, &status, &created, &updated, &input, &output, &custom, &failure); err != nil {
-			return nil, time.Time{}, fmt.Errorf("sqlite: list changed instances: %w", err)
-		}
-		createdAt, _ := parseTime(created)
-		md, err := metadataOf(id, name, status, createdAt, updated, input, output, custom, failure)
+		md, _, err := scanInstance(rows)
 		if err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, fmt.Errorf("sqlite: list changed instances: %w", err)
 		}
 		out = append(out, md)
 	}

@@ -833,7 +833,7 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 		where = append(where, "(CAST(CreatedTime AS TEXT) > ? OR (CAST(CreatedTime AS TEXT) = ? AND InstanceID > ?))")
 		args = append(args, c.Created, c.Created, c.ID)
 	}
-	query := `SELECT InstanceID, Name, RuntimeStatus, CAST(CreatedTime AS TEXT), LastUpdatedTime, Input, Output, CustomStatus, FailureDetails FROM Instances`
+	query := `SELECT ` + instanceColumns + ` FROM Instances`
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -848,24 +848,14 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 	page := &taskhub.Page{}
 	var lastCreated string
 	for rows.Next() {
-		var (
-			id, name, status, created string
-			updated                   time.Time
-			input, output, custom     sql.NullString
-			failure                   []byte
-		)
-		if err := rows.Scan(&id, &name, &status, &created, &updated, &input, &output, &custom, &failure); err != nil {
+		md, created, err := scanInstance(rows)
+		if err != nil {
 			return nil, fmt.Errorf("sqlite: list instances: %w", err)
 		}
 		if len(page.Instances) == q.PageSize {
 			last := page.Instances[len(page.Instances)-1]
 			page.ContinuationToken = taskhub.Cursor{Created: lastCreated, ID: string(last.InstanceID)}.Encode()
 			break
-		}
-		createdAt, _ := parseTime(created)
-		md, err := metadataOf(id, name, status, createdAt, updated, input, output, custom, failure)
-		if err != nil {
-			return nil, err
 		}
 		page.Instances = append(page.Instances, md)
 		lastCreated = created
@@ -874,6 +864,26 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 		return nil, fmt.Errorf("sqlite: list instances: %w", err)
 	}
 	return page, nil
+}
+
+// instanceColumns are the columns scanInstance reads, in its order.
+const instanceColumns = `InstanceID, Name, RuntimeStatus, CAST(CreatedTime AS TEXT), LastUpdatedTime, Input, Output, CustomStatus, FailureDetails`
+
+// scanInstance reads a row of instanceColumns: the instance's metadata and
+// its CreatedTime as stored (a listing's cursor).
+func scanInstance(rows *sql.Rows) (*api.OrchestrationMetadata, string, error) {
+	var (
+		id, name, status, created string
+		updated                   time.Time
+		input, output, custom     sql.NullString
+		failure                   []byte
+	)
+	if err := rows.Scan(&id, &name, &status, &created, &updated, &input, &output, &custom, &failure); err != nil {
+		return nil, "", err
+	}
+	createdAt, _ := parseTime(created)
+	md, err := metadataOf(id, name, status, createdAt, updated, input, output, custom, failure)
+	return md, created, err
 }
 
 // History returns an instance's stored history, for diagnostics and tests.
