@@ -20,6 +20,7 @@ import (
 
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
+	"github.com/dronehub/dronehub/tracing"
 )
 
 // Activity names, as registered and as called by orchestrations.
@@ -336,7 +337,7 @@ func (a *Activities) DispatchDrone(ctx context.Context, in DispatchInput) (struc
 		d.RoutePhase = domain.PhaseHeadedToPickup
 		// The dispatch's span is in the mission's trace: ingestion links
 		// to it ("" when tracing is off).
-		d.MissionTrace = traceParent(trace.SpanContextFromContext(ctx))
+		d.MissionTrace = tracing.TraceParent(trace.SpanContextFromContext(ctx))
 		return nil
 	})
 	if err != nil {

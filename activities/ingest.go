@@ -13,13 +13,13 @@ import (
 	"github.com/microsoft/durabletask-go/task"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dronehub/dronehub/domain"
 	"github.com/dronehub/dronehub/fleet"
 	"github.com/dronehub/dronehub/metrics"
 	"github.com/dronehub/dronehub/taskhub"
+	"github.com/dronehub/dronehub/tracing"
 )
 
 // Signaler raises an event on an orchestration instance. A durabletask-go
@@ -350,7 +350,7 @@ func (in *Ingestor) raiseAll(ctx context.Context, ids []string, outcomes map[str
 
 // link links the batch's span to the trace of the mission o signalled.
 func (in *Ingestor) link(ctx context.Context, id string, o droneOutcome) {
-	if sc := spanContextOf(o.trace); sc.IsValid() {
+	if sc := tracing.SpanContextOf(o.trace); sc.IsValid() {
 		// The batch advanced the mission: link its span to the mission's
 		// trace, which lives on in other spans (a signal event carries no
 		// trace context in durabletask-go).
@@ -477,20 +477,4 @@ func (in *Ingestor) Register(r *task.TaskRegistry, mw Middleware) error {
 		act = mw(IngestTelemetry, act)
 	}
 	return r.AddActivityN(IngestTelemetry, act)
-}
-
-// traceParent is sc as a W3C traceparent, "" unless it is valid and sampled.
-func traceParent(sc trace.SpanContext) string {
-	if !sc.IsValid() || !sc.IsSampled() {
-		return ""
-	}
-	c := propagation.MapCarrier{}
-	propagation.TraceContext{}.Inject(trace.ContextWithSpanContext(context.Background(), sc), c)
-	return c["traceparent"]
-}
-
-// spanContextOf parses a W3C traceparent; invalid when it is not one.
-func spanContextOf(traceparent string) trace.SpanContext {
-	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": traceparent})
-	return trace.SpanContextFromContext(ctx)
 }

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"time"
 
@@ -226,20 +225,12 @@ func orchestrationSpan(state *dtbackend.OrchestrationRuntimeState) trace.SpanCon
 	if tc == nil || start.GetOrchestrationSpanID() == nil {
 		return trace.SpanContext{}
 	}
-	parts := strings.Split(tc.GetTraceParent(), "-")
-	if len(parts) != 4 {
+	parent := tracing.SpanContextOf(tc.GetTraceParent())
+	sid, err := trace.SpanIDFromHex(start.GetOrchestrationSpanID().GetValue())
+	if !parent.IsValid() || err != nil {
 		return trace.SpanContext{}
 	}
-	tid, err1 := trace.TraceIDFromHex(parts[1])
-	sid, err2 := trace.SpanIDFromHex(start.GetOrchestrationSpanID().GetValue())
-	if err1 != nil || err2 != nil {
-		return trace.SpanContext{}
-	}
-	flags := trace.TraceFlags(0)
-	if parts[3] == "01" {
-		flags = trace.FlagsSampled
-	}
-	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: flags, Remote: true})
+	return parent.WithSpanID(sid).WithRemote(true)
 }
 
 // eventKind names a new event of a turn for its span: its type, and the
