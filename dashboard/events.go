@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"time"
+
+	"github.com/dronehub/dronehub/httpapi"
 )
 
 // serve is GET /api/events: the live feed as server-sent events. The query
@@ -20,13 +22,13 @@ import (
 func (f *feed) serve(w http.ResponseWriter, r *http.Request) {
 	t, err := parseTopics(r.URL.Query().Get("topics"))
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		httpapi.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s, err := f.subscribe(t)
 	if err != nil {
 		w.Header().Set("Retry-After", "5")
-		writeProblem(w, http.StatusServiceUnavailable, err.Error())
+		httpapi.WriteProblem(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	defer f.unsubscribe(s)
@@ -71,12 +73,4 @@ func (f *feed) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-}
-
-// writeProblem answers with an RFC 9457 problem, as the API does.
-func writeProblem(w http.ResponseWriter, status int, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail})
 }

@@ -16,7 +16,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/dronehub/dronehub/httpapi"
 	"github.com/dronehub/dronehub/taskhub"
@@ -48,7 +47,7 @@ func parseTopics(s string) (topic, error) {
 		case "hub":
 			t |= topicHub
 		default:
-			return 0, fmt.Errorf("unknown topic %q: use instances, fleet or hub, comma-separated", capText(p, 40))
+			return 0, fmt.Errorf("unknown topic %q: use instances, fleet or hub, comma-separated", httpapi.CapEcho(p, 40))
 		}
 	}
 	return t, nil
@@ -831,15 +830,4 @@ func mustJSON(v any) json.RawMessage {
 		panic(fmt.Sprintf("dashboard: encode %T: %v", v, err)) // API types always encode
 	}
 	return b
-}
-
-// capText cuts s to at most n bytes, on a rune boundary, marking the cut.
-func capText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
 }

@@ -378,24 +378,29 @@ func problem(w http.ResponseWriter, status int, detail string, fields ...FieldPr
 }
 
 // writeProblem writes a problem answer, capping what it echoes.
+// WriteProblem answers with an RFC 9457 problem as every route of the API
+// does (other handlers on the same server, e.g. the dashboard's, use it).
+func WriteProblem(w http.ResponseWriter, status int, detail string) { writeProblem(w, status, detail) }
+
 func writeProblem(w http.ResponseWriter, status int, detail string, fields ...FieldProblem) {
 	if len(fields) > maxFieldProblems {
 		fields = fields[:maxFieldProblems]
 	}
 	for i := range fields {
-		fields[i].Field = capEcho(fields[i].Field, maxEchoID)
-		fields[i].Message = capEcho(fields[i].Message, maxEchoReason)
+		fields[i].Field = CapEcho(fields[i].Field, maxEchoID)
+		fields[i].Message = CapEcho(fields[i].Message, maxEchoReason)
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(Problem{
-		Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: capEcho(detail, maxDetail), Errors: fields,
+		Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: CapEcho(detail, maxDetail), Errors: fields,
 	})
 }
 
-// capEcho cuts s to at most n bytes (on a rune boundary), marking the cut.
-func capEcho(s string, n int) string {
+// CapEcho cuts s to at most n bytes (on a rune boundary), marking the cut:
+// what a problem may echo of its input.
+func CapEcho(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -434,8 +439,8 @@ func capVerdicts(res activities.IngestResult) activities.IngestResult {
 		if frames == nil {
 			frames = slices.Clone(res.Frames)
 		}
-		frames[i].DeviceID = capEcho(fv.DeviceID, maxEchoID)
-		frames[i].Reason = capEcho(fv.Reason, maxEchoReason)
+		frames[i].DeviceID = CapEcho(fv.DeviceID, maxEchoID)
+		frames[i].Reason = CapEcho(fv.Reason, maxEchoReason)
 	}
 	if frames != nil {
 		res.Frames = frames
@@ -449,7 +454,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, required bool
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			problem(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q is not supported; send application/json", capEcho(ct, maxEchoID)))
+			problem(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q is not supported; send application/json", CapEcho(ct, maxEchoID)))
 			return nil, false
 		}
 	}

@@ -103,10 +103,10 @@ func queryValues(r *http.Request) (url.Values, error) {
 		key, value, _ := strings.Cut(part, "=")
 		name, kerr := url.QueryUnescape(key)
 		if kerr != nil {
-			return nil, fmt.Errorf("query parameter %q is not valid percent-encoding", capEcho(key, 100))
+			return nil, fmt.Errorf("query parameter %q is not valid percent-encoding", CapEcho(key, 100))
 		}
 		if _, verr := url.QueryUnescape(value); verr != nil {
-			return nil, fmt.Errorf("query parameter %s: %q is not valid percent-encoding (write %%25 for a literal %%)", name, capEcho(value, 100))
+			return nil, fmt.Errorf("query parameter %s: %q is not valid percent-encoding (write %%25 for a literal %%)", name, CapEcho(value, 100))
 		}
 	}
 	return nil, fmt.Errorf("the query string is not valid: %v", err)

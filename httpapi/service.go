@@ -107,10 +107,10 @@ func refuse(status int, detail string, fields ...FieldProblem) *Error {
 		fields = fields[:maxFieldProblems]
 	}
 	for i := range fields {
-		fields[i].Field = capEcho(fields[i].Field, maxEchoID)
-		fields[i].Message = capEcho(fields[i].Message, maxEchoReason)
+		fields[i].Field = CapEcho(fields[i].Field, maxEchoID)
+		fields[i].Message = CapEcho(fields[i].Message, maxEchoReason)
 	}
-	return &Error{Status: status, Detail: capEcho(detail, maxDetail), Fields: fields}
+	return &Error{Status: status, Detail: CapEcho(detail, maxDetail), Fields: fields}
 }
 
 // storageFailed is the Error for an operation whose storage call failed.
