@@ -456,13 +456,12 @@ func Summarize(ctx context.Context, store fleet.Store, batteryFloor float64) (Fl
 		} else {
 			s.OnMission++
 		}
-		st := d.Tracked.State
-		switch {
-		case st == nil:
+		switch d.Condition(batteryFloor) {
+		case fleet.ConditionNoTelemetry:
 			s.NoTelemetry++
-		case st.Health.Fault() != "":
+		case fleet.ConditionFaulted:
 			s.Faulted++
-		case st.Battery < batteryFloor:
+		case fleet.ConditionLowBattery:
 			s.LowBattery++
 		}
 	}

@@ -169,6 +169,29 @@ func (d *Drone) ClearMission() {
 	d.DispatchedAt, d.Deadline, d.Delivered = time.Time{}, time.Time{}, false
 }
 
+// Conditions a drone is in, by its last telemetry (Condition).
+const (
+	ConditionOK          = "ok"
+	ConditionNoTelemetry = "no_telemetry"
+	ConditionFaulted     = "faulted"
+	ConditionLowBattery  = "low_battery"
+)
+
+// Condition is d's condition by its last telemetry, batteryFloor the
+// charge below which it is low: no telemetry before a fault, a fault
+// before a low battery.
+func (d Drone) Condition(batteryFloor float64) string {
+	switch st := d.Tracked.State; {
+	case st == nil:
+		return ConditionNoTelemetry
+	case st.Health.Fault() != "":
+		return ConditionFaulted
+	case st.Battery < batteryFloor:
+		return ConditionLowBattery
+	}
+	return ConditionOK
+}
+
 func (d Drone) Watch() Watch {
 	return Watch{
 		ID: d.ID, MissionID: d.MissionID, Dispatched: d.MissionID != "" && d.Route != nil,

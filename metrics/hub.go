@@ -378,8 +378,8 @@ func missionPhases(ctx context.Context, be taskhub.Backend, name string) (map[do
 	}
 }
 
-// droneCounts counts drones by state and by condition (the rules of
-// activities.Summarize, GET /api/fleet).
+// droneCounts counts drones by state and by condition (fleet.Drone.Condition,
+// as activities.Summarize does for GET /api/fleet).
 func droneCounts(drones []fleet.Drone, floor float64) (states, cond map[string]int) {
 	states, cond = map[string]int{}, map[string]int{}
 	for _, d := range drones {
@@ -391,16 +391,7 @@ func droneCounts(drones []fleet.Drone, floor float64) (states, cond map[string]i
 		default:
 			states["dispatched"]++
 		}
-		switch st := d.Tracked.State; {
-		case st == nil:
-			cond["no_telemetry"]++
-		case st.Health.Fault() != "":
-			cond["faulted"]++
-		case st.Battery < floor:
-			cond["low_battery"]++
-		default:
-			cond["ok"]++
-		}
+		cond[d.Condition(floor)]++
 	}
 	return states, cond
 }
