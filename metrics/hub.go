@@ -92,7 +92,7 @@ type snapshot struct {
 	at       time.Time
 	took     time.Duration
 	info     *taskhub.HubInfo
-	loads    []taskhub.PartitionLoad
+	loads    []taskhub.QueueLoad // by partition
 	missions map[domain.Phase]int
 	drones   map[string]int
 	cond     map[string]int
@@ -187,8 +187,8 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.deadLetters, float64(s.info.DeadLetters))
 	}
-	for _, l := range s.loads {
-		p := strconv.Itoa(l.Partition)
+	for i, l := range s.loads {
+		p := strconv.Itoa(i)
 		gauge(c.controlMessages, float64(l.Messages), p)
 		gauge(c.controlAge, l.OldestAge.Seconds(), p)
 	}

@@ -1,23 +1,9 @@
 package taskhub
 
-import (
-	"context"
-	"time"
-)
+import "context"
 
 // Optional capabilities for metrics (package metrics reads them at scrape
 // time; nothing here is on a hot path).
-
-// PartitionLoad is the backlog of one control-queue partition.
-type PartitionLoad struct {
-	Partition int
-	// Messages is the queue's approximate message count, invisible
-	// messages (pending timers, messages being processed) included.
-	Messages int64
-	// OldestAge is the age of the oldest visible message, 0 when none is
-	// visible.
-	OldestAge time.Duration
-}
 
 // LeaseStats counts what happened to this worker's partition leases since
 // the backend was opened, and how many it holds now.
@@ -37,9 +23,9 @@ type LeaseStats struct {
 // PartitionObserver is a backend with partitioned control queues and leases
 // (Azure Storage).
 type PartitionObserver interface {
-	// PartitionLoads measures every control queue (a few storage requests
-	// per partition).
-	PartitionLoads(ctx context.Context) ([]PartitionLoad, error)
+	// PartitionLoads measures every control queue, indexed by partition (a
+	// few storage requests per partition).
+	PartitionLoads(ctx context.Context) ([]QueueLoad, error)
 	// LeaseStats reads the counters kept in memory (no request).
 	LeaseStats() LeaseStats
 }

@@ -41,24 +41,10 @@ func (b *Backend) LeaseStats() taskhub.LeaseStats {
 }
 
 // PartitionLoads implements taskhub.PartitionObserver: the depth of every
-// control queue and the age of its oldest visible message, measured
-// concurrently (one request per partition, two when it is not empty).
-func (b *Backend) PartitionLoads(ctx context.Context) ([]taskhub.PartitionLoad, error) {
-	loads, err := b.controlLoads(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]taskhub.PartitionLoad, len(loads))
-	for p, l := range loads {
-		out[p] = taskhub.PartitionLoad{Partition: p, Messages: l.Messages, OldestAge: l.OldestAge}
-	}
-	return out, nil
-}
-
-// controlLoads measures every control queue concurrently: its depth and
-// the age of its oldest visible message (one request per queue, two when
-// it is not empty).
-func (b *Backend) controlLoads(ctx context.Context) ([]taskhub.QueueLoad, error) {
+// control queue and the age of its oldest visible message, indexed by
+// partition, measured concurrently (one request per partition, two when it
+// is not empty); the scale sample takes the same measure.
+func (b *Backend) PartitionLoads(ctx context.Context) ([]taskhub.QueueLoad, error) {
 	out := make([]taskhub.QueueLoad, b.names.partitions)
 	errs := make([]error, b.names.partitions)
 	var wg sync.WaitGroup

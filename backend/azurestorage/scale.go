@@ -68,7 +68,7 @@ func (b *Backend) ScaleSample(ctx context.Context) (taskhub.ScaleSample, error) 
 		}()
 	}
 	run(func() error {
-		loads, err := b.controlLoads(ctx)
+		loads, err := b.PartitionLoads(ctx)
 		copy(s.Control, loads)
 		return err
 	})
