@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -69,25 +68,9 @@ func (b *Backend) InstancesChangedSince(ctx context.Context, since time.Time, li
 	}
 	// Large values live in blobs (read through the cache), as for a
 	// listing: read them side by side.
-	mds := make([]*api.OrchestrationMetadata, len(rows))
-	errs := make([]error, len(rows))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	for i, e := range rows {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			mds[i], errs[i] = b.metadata(ctx, e)
-		}()
-	}
-	wg.Wait()
-	out := make([]*api.OrchestrationMetadata, 0, len(rows))
-	for i := range rows {
-		if errs[i] != nil {
-			return nil, time.Time{}, errs[i]
-		}
-		out = append(out, mds[i])
+	out, err := metadataOfRows(rows, func(e entity) (*api.OrchestrationMetadata, error) { return b.metadata(ctx, e) })
+	if err != nil {
+		return nil, time.Time{}, err
 	}
 	return out, next.UTC(), nil
 }

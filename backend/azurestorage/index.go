@@ -156,6 +156,21 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 		created, _, _ := strings.Cut(last.str("RowKey"), "|")
 		page.ContinuationToken = taskhub.Cursor{Created: created, ID: last.str("InstanceID")}.Encode()
 	}
+	mds, err := metadataOfRows(rows, func(row entity) (*api.OrchestrationMetadata, error) { return b.listed(ctx, row, q) })
+	if err != nil {
+		return nil, err
+	}
+	for _, md := range mds {
+		if md != nil {
+			page.Instances = append(page.Instances, md)
+		}
+	}
+	return page, nil
+}
+
+// metadataOfRows runs read on every row, 16 at a time (each may read
+// blobs), and returns the results in row order, or the first row's error.
+func metadataOfRows(rows []entity, read func(entity) (*api.OrchestrationMetadata, error)) ([]*api.OrchestrationMetadata, error) {
 	mds := make([]*api.OrchestrationMetadata, len(rows))
 	errs := make([]error, len(rows))
 	var wg sync.WaitGroup
@@ -165,19 +180,16 @@ func (b *Backend) ListInstances(ctx context.Context, q taskhub.Query) (*taskhub.
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			mds[i], errs[i] = b.listed(ctx, row, q)
+			mds[i], errs[i] = read(row)
 		}()
 	}
 	wg.Wait()
-	for i := range rows {
-		if errs[i] != nil {
-			return nil, errs[i]
-		}
-		if mds[i] != nil {
-			page.Instances = append(page.Instances, mds[i])
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
 		}
 	}
-	return page, nil
+	return mds, nil
 }
 
 // listed reads the instance an index row names and checks it still
