@@ -926,6 +926,16 @@ func (lm *leaseManager) owners() []int {
 // releaseAll gives up every lease (all at once) and the heartbeat (at
 // Close), then tells the other workers, which claim the partitions at once
 // (see tellPeers) instead of at their next round.
+//
+// Order: Close has already handed back the buffered messages and flushed
+// the instance cache (whose outbox rows the next owner would otherwise
+// send again) before it calls this; the leases are written free before the
+// peers are told, or a woken peer would find them held and wait a round;
+// the heartbeat goes before them too, so that their round does not count
+// this worker among those sharing the partitions. A crash anywhere here is
+// a dead worker: its leases and heartbeat expire, and the partitions are
+// taken over then (TestKillOneWorker and the takeover tests), with every
+// message it held coming back when its lock runs out.
 func (lm *leaseManager) releaseAll(ctx context.Context) {
 	lm.mu.Lock()
 	defer lm.mu.Unlock()
